@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     relay_backoff_base_s: float = Field(0.5, gt=0)
     relay_backoff_max_s: float = Field(60.0, gt=0)
 
+    anonymous_embeddings: bool | None = Field(
+        None,
+        description="Allow /v1/embeddings and /v1/models without a token; None = only in development.",
+    )
+    max_in_flight: int = Field(256, ge=1, description="Requests one gateway replica serves at once (503 past it).")
+    embed_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the Embedder on a request.")
+
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
 
     @model_validator(mode="after")
@@ -82,6 +89,12 @@ class Settings(BaseSettings):
                 "HEIMDEX_JWT_SECRET is the development default; set a real secret in production"
             )
         return self
+
+    @property
+    def allows_anonymous_embeddings(self) -> bool:
+        if self.anonymous_embeddings is None:
+            return self.env == "development"
+        return self.anonymous_embeddings
 
     @property
     def resolved_database_url(self) -> str:

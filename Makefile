@@ -1,0 +1,46 @@
+# Heimdex: `make run` starts the service on the embedded defaults, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.heimdex-installed
+
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run stop test test-fast lint bench clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build that lies on these machines' disk (pip finds it through its
+# find-links); a plain `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/heimdex up
+
+stop:
+	@if [ -x $(BIN)/heimdex ]; then $(BIN)/heimdex down; else echo "nothing to stop"; fi
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean: stop
+	rm -rf .heimdex

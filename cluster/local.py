@@ -1,0 +1,137 @@
+"""Start, deploy to and stop a local single-node Ray cluster with token auth.
+
+Used by ``heimdex up`` / ``heimdex down`` (and so by ``make run`` / ``make stop``). The Ray auth
+token lives in a file under the state directory and is handed to Ray through
+``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH``, so the dashboard and the job API refuse callers
+without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8265
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Where a local Heimdex cluster keeps its state."""
+
+    state_dir: Path
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "ray_auth_token"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{DASHBOARD_HOST}:{DASHBOARD_PORT}"
+
+    def ensure_token(self) -> str:
+        """The Ray auth token, generated once (mode 0600)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.token_path.exists():
+            fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return self.token_path.read_text().strip()
+
+    def ray_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for Ray processes and clients of this cluster."""
+        env = dict(os.environ)
+        env.update({
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve()),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        })
+        env.pop("RAY_AUTH_TOKEN", None)
+        env.update(extra or {})
+        return env
+
+
+def _bin(name: str) -> str:
+    """A console script of this interpreter's environment (so Ray runs our venv's Python)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, check=check, text=True, capture_output=True)
+
+
+def is_running(cluster: LocalCluster) -> bool:
+    result = _run([_bin("ray"), "status", "--address", f"{DASHBOARD_HOST}:6379"], cluster.ray_env(), check=False)
+    return result.returncode == 0
+
+
+def start_head(cluster: LocalCluster, env: dict[str, str], num_cpus: int | None = None) -> None:
+    """``ray start --head`` with the dashboard on 127.0.0.1:8265 and token auth."""
+    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6379",
+           "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(DASHBOARD_PORT),
+           "--disable-usage-stats", "--include-dashboard", "true"]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    result = _run(cmd, env, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
+
+
+def render_serve_config(path: Path, host: str, port: int) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    config.setdefault("http_options", {}).update({"host": host, "port": port})
+    return config
+
+
+def deploy(cluster: LocalCluster, config: dict[str, Any], env: dict[str, str]) -> None:
+    """``serve deploy`` of a rendered config through the token-protected dashboard."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(config, handle)
+        rendered = handle.name
+    try:
+        result = _run([_bin("serve"), "deploy", rendered, "--address", cluster.dashboard_url], env, check=False)
+    finally:
+        os.unlink(rendered)
+    if result.returncode != 0:
+        raise RuntimeError(f"serve deploy failed:\n{result.stdout}\n{result.stderr}")
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Poll ``/readyz`` until it answers 200; raise with the last answer on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                body: dict[str, Any] = json.loads(response.read())
+                if response.status == 200:
+                    return body
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code}: {exc.read()[:300]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"service not ready after {timeout_s:.0f}s; last answer: {last}")
+
+
+def stop(cluster: LocalCluster) -> None:
+    env = cluster.ray_env()
+    _run([_bin("serve"), "shutdown", "-y", "--address", cluster.dashboard_url], env, check=False)
+    _run([_bin("ray"), "stop", "--force"], env, check=False)

@@ -1,0 +1,184 @@
+"""Export a registered model to an int8 ONNX graph for the ``onnx-int8`` CPU backend.
+
+The graph is the model's transformer plus mean pooling (no normalisation: ``base.py`` normalises
+for every backend), exported from the packaged weights with ``torch.onnx.export`` and then
+dynamically quantised to int8 weights with ONNX Runtime. Nothing here reaches a model hub.
+
+The result is cached at ``$HEIMDEX_ONNX_CACHE/<model>-<version>/model.int8.onnx`` when that
+variable is set, else at ``<data_dir>/onnx/<model>-<version>/model.int8.onnx``. It is written to a
+temporary file and moved into place with ``os.replace`` under an ``fcntl`` lock, so concurrent
+replicas never read half a file and never export twice at once.
+
+Run ``python -m deployments.backends.onnx_export [MODEL]`` at set-up time to export and print the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from deployments.registry import ModelSpec, get_model
+
+CACHE_ENV = "HEIMDEX_ONNX_CACHE"
+MODEL_FILENAME = "model.int8.onnx"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "sentence_embedding"
+OPSET = 17
+
+# Quantisation recipe, chosen by measurement on all-MiniLM-L6-v2 (see bench/backends.py and the
+# integration test): int8 weights on the MatMul nodes only, per-tensor scales, full 8-bit range.
+# Per-channel scales cost speed for no measurable gain here; reduce_range (7-bit weights) costs
+# accuracy; quantising Gather (the embedding table) shrinks the file but loses accuracy.
+QUANT_OP_TYPES = ("MatMul",)
+QUANT_PER_CHANNEL = False
+QUANT_REDUCE_RANGE = False
+
+
+def cache_path(spec: ModelSpec) -> Path:
+    """Where the int8 graph for ``spec`` lives (whether or not it exists yet)."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        base = Path(root)
+    else:
+        from serve_app.settings import get_settings
+
+        base = Path(get_settings().data_dir) / "onnx"
+    return base / f"{spec.name}-{spec.version}" / MODEL_FILENAME
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _check_mean_pooling(weights_dir: Path) -> None:
+    """The exported graph hard-codes mean pooling; refuse a model configured otherwise."""
+    config_file = weights_dir / "1_Pooling" / "config.json"
+    if not config_file.exists():
+        return
+    config = json.loads(config_file.read_text())
+    others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k != "pooling_mode_mean_tokens"]
+    if not config.get("pooling_mode_mean_tokens", True) or others:
+        raise ValueError(f"ONNX export supports mean pooling only; {config_file} asks for {others or 'none'}")
+
+
+def _export_fp32(spec: ModelSpec, out_file: Path) -> None:
+    """Trace transformer + mean pooling to an fp32 ONNX file."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel
+
+    weights = spec.weights_dir()
+    _check_mean_pooling(weights)
+    encoder = AutoModel.from_pretrained(str(weights), attn_implementation="eager")
+    encoder.eval()
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
+            hidden = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            summed = (hidden * mask).sum(dim=1)
+            counts = mask.sum(dim=1).clamp(min=1e-9)
+            return summed / counts
+
+    wrapper = MeanPooled(encoder).eval()
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic[OUTPUT_NAME] = {0: "batch"}
+    with torch.inference_mode():
+        torch.onnx.export(
+            wrapper,
+            (ids, mask, torch.zeros_like(ids)),
+            str(out_file),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def quantize_int8(
+    fp32_file: Path,
+    out_file: Path,
+    *,
+    op_types: tuple[str, ...] = QUANT_OP_TYPES,
+    per_channel: bool = QUANT_PER_CHANNEL,
+    reduce_range: bool = QUANT_REDUCE_RANGE,
+) -> None:
+    """Dynamic int8 quantisation of ``fp32_file`` into ``out_file`` (weights int8, activations on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    extra: dict[str, Any] = {"MatMulConstBOnly": True}
+    quantize_dynamic(
+        fp32_file,
+        out_file,
+        op_types_to_quantize=list(op_types),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        extra_options=extra,
+    )
+
+
+def export_onnx_int8(spec: ModelSpec, out_dir: Path | None = None) -> Path:
+    """The path of the int8 ONNX graph for ``spec``, exporting it first when it is missing.
+
+    ``out_dir`` overrides the cache directory (the file is ``out_dir/model.int8.onnx``).
+    """
+    target = (out_dir / MODEL_FILENAME) if out_dir is not None else cache_path(spec)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if target.exists():  # another replica exported it while we waited for the lock
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
+            fp32 = Path(tmp) / "model.fp32.onnx"
+            int8 = Path(tmp) / MODEL_FILENAME
+            _export_fp32(spec, fp32)
+            quantize_int8(fp32, int8)
+            os.replace(int8, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a registered model to int8 ONNX and print its path.")
+    parser.add_argument("model", nargs="?", default=None, help="registry name (default: settings.default_model)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="directory to write model.int8.onnx into")
+    args = parser.parse_args(argv)
+    name = args.model
+    if name is None:
+        from serve_app.settings import get_settings
+
+        name = get_settings().default_model
+    print(export_onnx_int8(get_model(name), args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""The reference backend: the packaged sentence-transformers model on PyTorch (CPU fp32, CUDA fp16)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from deployments.backends.base import EmbeddingBackend, FastTokenizer, FloatArray, IntArray, Tokenized
+from deployments.registry import ModelSpec
+
+
+class TorchBackend(EmbeddingBackend):
+    name = "torch"
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
+        super().__init__(spec)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        weights = spec.weights_dir()
+        self._torch = torch
+        self._model = SentenceTransformer(str(weights), device=device)
+        self._model.max_seq_length = spec.max_tokens
+        if device.startswith("cuda"):
+            self._model.half()
+        self._model.eval()
+        self._tokenizer = FastTokenizer(weights, spec.max_tokens)
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        return self._tokenizer(texts)
+
+    def forward(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray:
+        torch = self._torch
+        ids = torch.from_numpy(input_ids).to(self.device)
+        mask = torch.from_numpy(attention_mask).to(self.device)
+        with torch.inference_mode():
+            features = self._model.forward(
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+            )
+        return np.asarray(features["sentence_embedding"].float().cpu().numpy(), dtype=np.float32)

@@ -1,0 +1,191 @@
+"""The Embedder deployment: one model backend per replica, batched across callers with @serve.batch.
+
+Each call carries the texts of one request (one text for a search query, up to thousands for an
+OpenAI-style request). ``@serve.batch`` gathers concurrent calls into one batch; the backend then
+length-sorts and chunks the batch's texts so the model runs few, well-filled forward passes. The
+model runs on one dedicated thread so the replica's event loop keeps accepting calls (and forming
+the next batch) while the current one computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.backends import EmbeddingBackend, EmbedOutput, load_backend
+from deployments.registry import get_model
+
+logger = logging.getLogger("heimdex.embedder")
+
+# Defaults for user_config; serve_config.yaml overrides them and `serve deploy` changes them live.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.004
+
+
+@dataclass
+class EmbedderConfig:
+    """The live-tunable part of an Embedder (its Serve ``user_config``)."""
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> EmbedderConfig:
+        unknown = set(raw) - {"max_batch_size", "batch_wait_timeout_s"}
+        if unknown:
+            raise ValueError(f"unknown Embedder user_config keys: {sorted(unknown)}")
+        config = cls(
+            max_batch_size=int(raw.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+            batch_wait_timeout_s=float(raw.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
+        )
+        if config.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if not 0 <= config.batch_wait_timeout_s <= 1:
+            raise ValueError("batch_wait_timeout_s must be within [0, 1]")
+        return config
+
+
+@dataclass
+class BatchStats:
+    """How batches actually formed: the evidence that batching works under concurrency."""
+
+    batches: int = 0
+    calls: int = 0
+    texts: int = 0
+    tokens: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+    largest: int = 0
+
+    def record(self, calls: int, texts: int, tokens: int) -> None:
+        self.batches += 1
+        self.calls += calls
+        self.texts += texts
+        self.tokens += tokens
+        self.sizes[calls] += 1
+        self.largest = max(self.largest, calls)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "calls": self.calls,
+            "texts": self.texts,
+            "tokens": self.tokens,
+            "largest_batch": self.largest,
+            "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
+
+
+class EmbedderCore:
+    """The replica's logic without Serve: testable directly, wrapped by the deployment below."""
+
+    def __init__(self, model: str, backend: str | None = None, device: str = "auto",
+                 threads: int | None = None) -> None:
+        self.spec = get_model(model)
+        started = time.perf_counter()
+        self.backend: EmbeddingBackend = load_backend(self.spec, backend, device=device, threads=threads)
+        self.backend.warmup()
+        self.load_seconds = time.perf_counter() - started
+        # One thread owns the model: forward passes never overlap, the event loop stays free.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heimdex-model")
+        self.stats = BatchStats()
+        self.config = EmbedderConfig()
+        self.last_error: str | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.name,
+            "version": self.spec.version,
+            "dimension": self.spec.dimension,
+            "max_tokens": self.spec.max_tokens,
+            "backend": self.backend.name,
+            "load_seconds": round(self.load_seconds, 3),
+            "max_batch_size": self.config.max_batch_size,
+            "batch_wait_timeout_s": self.config.batch_wait_timeout_s,
+            "pid": os.getpid(),
+            "node_id": _node_id(),
+        }
+
+    async def run_batch(self, requests: list[list[str]]) -> list[EmbedOutput]:
+        flat = [text for texts in requests for text in texts]
+        loop = asyncio.get_running_loop()
+        output = await loop.run_in_executor(self._executor, self.backend.embed, flat)
+        self.stats.record(calls=len(requests), texts=len(flat), tokens=sum(output.token_counts))
+        results: list[EmbedOutput] = []
+        start = 0
+        for texts in requests:
+            end = start + len(texts)
+            results.append(
+                EmbedOutput(
+                    vectors=output.vectors[start:end],
+                    token_counts=output.token_counts[start:end],
+                    truncated=output.truncated[start:end],
+                )
+            )
+            start = end
+        return results
+
+    def check(self) -> None:
+        """Raise if the backend no longer produces sane vectors (Serve then replaces the replica)."""
+        probe = self.backend.embed(["health"])
+        if probe.vectors.shape != (1, self.spec.dimension) or not np.isfinite(probe.vectors).all():
+            raise RuntimeError(f"backend returned a bad vector of shape {probe.vectors.shape}")
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # pragma: no cover - outside Ray
+        return None
+
+
+@serve.deployment(
+    name="Embedder",
+    max_ongoing_requests=64,
+    max_queued_requests=512,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 1},
+)
+class Embedder:
+    """Serve deployment around :class:`EmbedderCore`."""
+
+    def __init__(self, model: str = "minilm-l6-v2", backend: str | None = None, device: str = "auto",
+                 threads: int | None = None) -> None:
+        self.core = EmbedderCore(model, backend=backend, device=device, threads=threads)
+        logger.info("embedder ready: %s", self.core.info())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = EmbedderConfig.parse(user_config or {})
+        self._embed_batch.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
+        self._embed_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.core.config = config
+        logger.info("embedder reconfigured: %s", config)
+
+    async def embed(self, texts: list[str]) -> EmbedOutput:
+        """Embed one request's texts; batched with other concurrent calls."""
+        result: EmbedOutput = await self._embed_batch(texts)
+        return result
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
+    async def _embed_batch(self, requests: list[list[str]]) -> list[EmbedOutput]:
+        return await self.core.run_batch(requests)
+
+    def info(self) -> dict[str, Any]:
+        return self.core.info()
+
+    def batch_stats(self) -> dict[str, Any]:
+        return self.core.stats.as_dict()
+
+    def check_health(self) -> None:
+        self.core.check()

@@ -1,0 +1,43 @@
+"""The Gateway: Heimdex's FastAPI ingress deployment (auth, tenancy, schemas, routing to Embedders)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from serve_app.api import create_api
+from serve_app.auth import TokenVerifier
+from serve_app.embedder_client import ServeEmbedderClient
+from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
+from serve_app.services import Services
+from serve_app.settings import get_settings
+
+logger = logging.getLogger("heimdex.gateway")
+
+
+@serve.deployment(
+    name="Gateway",
+    max_ongoing_requests=256,
+    max_queued_requests=1024,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.25},
+)
+@serve.ingress()
+class Gateway:
+    def __init__(self, embedders: dict[str, Any]) -> None:
+        settings = get_settings()
+        self.services = Services(
+            settings=settings,
+            embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s),
+            verifier=TokenVerifier(settings),
+            limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
+            gate=ConcurrencyGate(settings.max_in_flight),
+        )
+        logger.info("gateway ready; models served: %s", sorted(embedders))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self.services)
