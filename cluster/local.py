@@ -26,6 +26,8 @@ import yaml
 
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
+# Not Ray's default 6379: Redis often owns that port on the same machine.
+GCS_PORT = int(os.environ.get("HEIMDEX_RAY_GCS_PORT", "6385"))
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class LocalCluster:
     @property
     def token_path(self) -> Path:
         return self.state_dir / "ray_auth_token"
+
+    @property
+    def address(self) -> str:
+        return f"{DASHBOARD_HOST}:{GCS_PORT}"
 
     @property
     def dashboard_url(self) -> str:
@@ -78,13 +84,13 @@ def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.
 
 
 def is_running(cluster: LocalCluster) -> bool:
-    result = _run([_bin("ray"), "status", "--address", f"{DASHBOARD_HOST}:6379"], cluster.ray_env(), check=False)
+    result = _run([_bin("ray"), "status", "--address", f"{DASHBOARD_HOST}:{GCS_PORT}"], cluster.ray_env(), check=False)
     return result.returncode == 0
 
 
 def start_head(cluster: LocalCluster, env: dict[str, str], num_cpus: int | None = None) -> None:
     """``ray start --head`` with the dashboard on 127.0.0.1:8265 and token auth."""
-    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", "6379",
+    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(GCS_PORT),
            "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(DASHBOARD_PORT),
            "--disable-usage-stats", "--include-dashboard", "true"]
     if num_cpus is not None:

@@ -1,0 +1,231 @@
+"""The vector-store contract every backend implements, and the records that cross it.
+
+Two backends sit behind :class:`VectorStoreBackend`: the embedded Qdrant edge shard (one process,
+no server) and a Qdrant server through ``qdrant-client``. Callers never see which one runs. Every
+read and write takes the tenant explicitly and the backend adds the ``org_id`` filter itself, so
+no caller can forget tenant isolation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+Vector: TypeAlias = Sequence[float] | npt.NDArray[Any]
+WithPayload: TypeAlias = bool | list[str]
+
+TENANT_FIELD = "org_id"
+ASSET_FIELD = "asset_id"
+COLLECTION_PREFIX = "embeddings__"
+
+
+class VectorStoreError(RuntimeError):
+    """Base class of every error the vector store raises on purpose."""
+
+
+class CollectionNotFoundError(VectorStoreError, LookupError):
+    """A collection or alias name that resolves to nothing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no collection or alias named {name!r}")
+
+
+class StoreUnavailableError(VectorStoreError):
+    """The store could not be reached (server down, retries exhausted, shard closed)."""
+
+
+class DimensionMismatchError(VectorStoreError, ValueError):
+    """A vector whose length differs from the collection's dimension."""
+
+    def __init__(self, collection: str, expected: int, got: int) -> None:
+        self.collection = collection
+        self.expected = expected
+        self.got = got
+        super().__init__(f"collection {collection!r} holds {expected}-d vectors, got {got}-d")
+
+
+class TenantMismatchError(VectorStoreError, ValueError):
+    """A point whose payload names another tenant than the one writing it."""
+
+
+@dataclass
+class PointRecord:
+    """One point to write: a deterministic id (UUID string), its vector and payload."""
+
+    id: str
+    vector: Vector
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result, best first in the list that holds it."""
+
+    point_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A stored point as read back by retrieve or scroll."""
+
+    point_id: str
+    payload: dict[str, Any]
+    vector: list[float] | None = None
+
+
+def collection_name(model: str, version: str) -> str:
+    """The physical collection of one model version; a new version gets a new collection."""
+    return f"{COLLECTION_PREFIX}{model}__{version}"
+
+
+def alias_name(model: str) -> str:
+    """The stable alias callers search through; re-pointing it switches model versions."""
+    return f"{COLLECTION_PREFIX}{model}"
+
+
+def as_float_list(vector: Vector) -> list[float]:
+    """A vector as plain Python floats (both engines want lists; numpy arrays are common input)."""
+    return [float(x) for x in np.asarray(vector, dtype=np.float32).reshape(-1)]
+
+
+def check_tenant(tenant: str) -> str:
+    """Refuse an empty tenant: an empty org_id filter would be a silent cross-tenant leak risk."""
+    if not isinstance(tenant, str) or not tenant:
+        raise ValueError("tenant must be a non-empty string")
+    return tenant
+
+
+def tenant_payload(tenant: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with org_id forced to the writing tenant; a conflicting org_id is refused."""
+    owner = payload.get(TENANT_FIELD)
+    if owner is not None and owner != tenant:
+        raise TenantMismatchError(f"point payload names org_id={owner!r} but tenant {tenant!r} is writing")
+    return {**payload, TENANT_FIELD: tenant}
+
+
+class VectorStoreBackend(abc.ABC):
+    """What every vector-store backend offers; names may be collections or aliases throughout."""
+
+    kind: str = "abstract"
+
+    # Collections and aliases -------------------------------------------------------------
+    @abc.abstractmethod
+    def ensure_collection(self, model: str, version: str, dimension: int) -> str:
+        """Create the version's cosine collection (and the model alias if absent); idempotent."""
+
+    @abc.abstractmethod
+    def resolve(self, name_or_alias: str) -> str:
+        """The collection a name or alias points to, or CollectionNotFoundError."""
+
+    @abc.abstractmethod
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection`` (atomically replacing any previous target)."""
+
+    @abc.abstractmethod
+    def get_alias(self, alias: str) -> str | None:
+        """The collection behind ``alias``, or None."""
+
+    @abc.abstractmethod
+    def list_collections(self) -> list[str]:
+        """Every physical collection, sorted."""
+
+    @abc.abstractmethod
+    def list_aliases(self) -> dict[str, str]:
+        """Alias name -> collection name."""
+
+    # Writes ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def upsert(self, collection: str, tenant: str, points: list[PointRecord], wait: bool = True) -> int:
+        """Write points owned by ``tenant``; returns how many were written."""
+
+    @abc.abstractmethod
+    def delete_asset(self, collection: str, tenant: str, asset_id: str) -> int:
+        """Delete the tenant's points of one asset; returns how many were deleted."""
+
+    @abc.abstractmethod
+    def delete_ids(self, collection: str, tenant: str, ids: list[str]) -> int:
+        """Delete those of ``ids`` the tenant owns; returns how many were deleted."""
+
+    # Reads -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def search(
+        self,
+        collection: str,
+        tenant: str,
+        vector: Vector,
+        limit: int = 10,
+        asset_id: str | None = None,
+        score_threshold: float | None = None,
+        with_payload: WithPayload = True,
+    ) -> list[SearchHit]:
+        """Nearest neighbours of ``vector`` among the tenant's points, best first."""
+
+    @abc.abstractmethod
+    def search_batch(self, collection: str, requests: list[dict[str, Any]]) -> list[list[SearchHit]]:
+        """Several searches in one call; each dict has tenant, vector, limit, asset_id, score_threshold."""
+
+    @abc.abstractmethod
+    def retrieve(
+        self, collection: str, tenant: str, ids: list[str], with_vectors: bool = False
+    ) -> list[StoredPoint]:
+        """The tenant's points among ``ids``, in the order asked; other tenants' ids are skipped."""
+
+    @abc.abstractmethod
+    def count(self, collection: str, tenant: str, asset_id: str | None = None) -> int:
+        """Exact number of the tenant's points (of one asset if given)."""
+
+    @abc.abstractmethod
+    def scroll(
+        self,
+        collection: str,
+        tenant: str,
+        limit: int = 256,
+        offset: str | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[list[StoredPoint], str | None]:
+        """One page of the tenant's points in id order, and the offset of the next page."""
+
+    @abc.abstractmethod
+    def tenants(self, collection: str) -> list[str]:
+        """Distinct org_ids holding points in the collection, sorted (an admin view)."""
+
+    @abc.abstractmethod
+    def stats(self, tenant: str) -> dict[str, int]:
+        """The tenant's point count in every collection."""
+
+    # Snapshots and lifecycle ---------------------------------------------------------------
+    @abc.abstractmethod
+    def snapshot_create(self, collection: str) -> str:
+        """Snapshot one collection; returns the snapshot's name."""
+
+    @abc.abstractmethod
+    def snapshot_list(self) -> list[dict[str, Any]]:
+        """Every snapshot: at least name, collection, size."""
+
+    @abc.abstractmethod
+    def snapshot_restore(self, name: str) -> None:
+        """Replace a collection's contents with a snapshot's."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release everything; the backend is unusable afterwards."""
+
+
+def parse_batch_request(request: dict[str, Any]) -> tuple[str, list[float], int, str | None, float | None]:
+    """Validate one search_batch entry into (tenant, vector, limit, asset_id, score_threshold)."""
+    try:
+        tenant = check_tenant(request["tenant"])
+        vector = as_float_list(request["vector"])
+    except KeyError as exc:
+        raise ValueError(f"search_batch request lacks {exc.args[0]!r}") from None
+    limit = int(request.get("limit", 10))
+    threshold = request.get("score_threshold")
+    return tenant, vector, limit, request.get("asset_id"), None if threshold is None else float(threshold)
