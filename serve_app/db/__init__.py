@@ -1,0 +1,44 @@
+"""SQL write path: models, engine/session factories, migrations, job repository, outbox queue.
+
+Importing this package creates no engine and opens no connection.
+"""
+
+from serve_app.db.engine import make_engine, make_sessionmaker, upgrade_database
+from serve_app.db.jobs import (
+    CreatedJob,
+    EmbedSegment,
+    IdempotencyConflictError,
+    InvalidCursorError,
+    JobNotFoundError,
+    JobRepository,
+)
+from serve_app.db.keys import make_job_key, request_hash, text_hash
+from serve_app.db.models import Base, IdempotencyKey, Job, JobEvent, JobStatus, Outbox, OutboxState
+from serve_app.db.outbox import ClaimedMessage, OutboxQueue, backoff_delay_s
+from serve_app.db.transitions import InvalidTransitionError
+
+__all__ = [
+    "Base",
+    "ClaimedMessage",
+    "CreatedJob",
+    "EmbedSegment",
+    "IdempotencyConflictError",
+    "IdempotencyKey",
+    "InvalidCursorError",
+    "InvalidTransitionError",
+    "Job",
+    "JobEvent",
+    "JobNotFoundError",
+    "JobRepository",
+    "JobStatus",
+    "Outbox",
+    "OutboxQueue",
+    "OutboxState",
+    "backoff_delay_s",
+    "make_engine",
+    "make_job_key",
+    "make_sessionmaker",
+    "request_hash",
+    "text_hash",
+    "upgrade_database",
+]

@@ -1,0 +1,251 @@
+"""OutboxQueue: lease-based claiming of outbox messages by one or more relays.
+
+Claiming is one transaction of SELECT-due-rows then UPDATE-to-LEASED. On PostgreSQL the SELECT
+takes ``FOR UPDATE SKIP LOCKED`` row locks, so concurrent relays pick disjoint rows. SQLite has no
+row locks; there every transaction starts with ``BEGIN IMMEDIATE`` (see ``engine.py``), which
+holds the single write lock across the SELECT and the UPDATE, so claimers run one after another.
+On both, the UPDATE repeats the "still due" condition, so a row is never leased twice at once.
+
+A lease is fenced by (owner, attempts): ``attempts`` grows on every claim, so a relay whose lease
+expired and was taken over, even by a relay with the same owner name, can no longer complete,
+fail or heartbeat that message.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from serve_app.db.models import Job, JobStatus, Outbox, OutboxState, utcnow
+from serve_app.db.transitions import ALLOWED_TRANSITIONS, UPDATABLE_IN_PLACE, apply_transition
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    id: int
+    job_id: str
+    task: str
+    payload: dict[str, Any]
+    attempts: int
+    owner: str
+    lease_expires_at: datetime
+
+
+def backoff_delay_s(
+    attempts: int, base_s: float, max_s: float, rng: Callable[[], float] = random.random
+) -> float:
+    """``min(max, base * 2^(attempts-1))`` scaled by a jitter factor in [0.5, 1.5)."""
+    exponent = min(max(attempts - 1, 0), 62)
+    return min(max_s, base_s * 2.0**exponent) * (0.5 + rng())
+
+
+class OutboxQueue:
+    def __init__(
+        self,
+        sessionmaker: sessionmaker[Session],
+        owner: str,
+        lease_s: float,
+        max_attempts: int,
+        backoff_base_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        if lease_s <= 0 or max_attempts < 1 or backoff_base_s <= 0 or backoff_max_s <= 0:
+            raise ValueError("lease_s, backoff times must be > 0 and max_attempts >= 1")
+        self._sessionmaker = sessionmaker
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_s)
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+
+    # ---------------------------------------------------------------- claiming
+
+    @staticmethod
+    def _due(now: datetime) -> ColumnElement[bool]:
+        return or_(
+            and_(Outbox.state == OutboxState.PENDING, Outbox.next_attempt_at <= now),
+            and_(Outbox.state == OutboxState.LEASED, Outbox.lease_expires_at < now),
+        )
+
+    def claim(self, limit: int) -> list[ClaimedMessage]:
+        """Lease up to ``limit`` due messages (PENDING and due, or LEASED with an expired lease)."""
+        if limit < 1:
+            return []
+        with self._sessionmaker.begin() as session:
+            session.connection()  # take the transaction (SQLite: the write lock) before reading the clock
+            now = utcnow()
+            due = self._due(now)
+            ids = list(
+                session.scalars(
+                    select(Outbox.id)
+                    .where(due)
+                    .order_by(Outbox.next_attempt_at, Outbox.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not ids:
+                return []
+            expires = now + self.lease
+            rows = session.execute(
+                update(Outbox)
+                .where(Outbox.id.in_(ids), due)
+                .values(
+                    state=OutboxState.LEASED,
+                    lease_owner=self.owner,
+                    lease_expires_at=expires,
+                    attempts=Outbox.attempts + 1,
+                    updated_at=now,
+                )
+                .returning(Outbox.id, Outbox.job_id, Outbox.task, Outbox.payload, Outbox.attempts)
+                .execution_options(synchronize_session=False)
+            ).all()
+        messages = [
+            ClaimedMessage(row.id, row.job_id, row.task, row.payload, row.attempts, self.owner, expires)
+            for row in rows
+        ]
+        return sorted(messages, key=lambda m: m.id)
+
+    # --------------------------------------------------------------- finishing
+
+    def complete(self, msg: ClaimedMessage, result: dict[str, Any]) -> bool:
+        """Outbox row DONE and job SUCCEEDED in one transaction. False (and no job change) when
+        the lease is no longer ours or the job is no longer QUEUED/RUNNING."""
+        with self._sessionmaker.begin() as session:
+            session.connection()
+            now = utcnow()
+            job = self._locked_job(session, msg.job_id)
+            if not self._fenced_update(
+                session, msg, state=OutboxState.DONE, lease_expires_at=None, updated_at=now
+            ):
+                return False
+            if job is None or job.status not in UPDATABLE_IN_PLACE:
+                return False
+            apply_transition(
+                session, job, JobStatus.SUCCEEDED, stage="completed", progress=100, result=result, now=now
+            )
+            job.attempts = msg.attempts
+            return True
+
+    def mark_running(self, msg: ClaimedMessage, stage: str, progress: int) -> bool:
+        """QUEUED → RUNNING (or a stage/progress update while RUNNING), and extend the lease.
+        False when the lease is lost or the job was canceled/finished: stop working on it."""
+        with self._sessionmaker.begin() as session:
+            session.connection()
+            now = utcnow()
+            job = self._locked_job(session, msg.job_id)
+            if job is None or job.status not in UPDATABLE_IN_PLACE:
+                return False
+            if not self._fenced_update(session, msg, lease_expires_at=now + self.lease, updated_at=now):
+                return False
+            apply_transition(session, job, JobStatus.RUNNING, stage=stage, progress=progress, now=now)
+            job.attempts = msg.attempts
+            return True
+
+    def fail(self, msg: ClaimedMessage, error: str) -> OutboxState | None:
+        """Record a failed attempt. Below ``max_attempts`` the message goes back to PENDING with
+        exponential backoff and the job gets stage "retrying"; at ``max_attempts`` the message is
+        DEAD and the job DEAD_LETTER. Returns the new state, or None if the lease was lost."""
+        with self._sessionmaker.begin() as session:
+            session.connection()
+            now = utcnow()
+            job = self._locked_job(session, msg.job_id)
+            if msg.attempts >= self.max_attempts:
+                if not self._fenced_update(
+                    session,
+                    msg,
+                    state=OutboxState.DEAD,
+                    lease_expires_at=None,
+                    last_error=error,
+                    updated_at=now,
+                ):
+                    return None
+                if job is not None and JobStatus.DEAD_LETTER in ALLOWED_TRANSITIONS[JobStatus(job.status)]:
+                    apply_transition(
+                        session,
+                        job,
+                        JobStatus.DEAD_LETTER,
+                        error=error,
+                        now=now,
+                        message=f"attempt {msg.attempts} failed, giving up: {error}",
+                    )
+                    job.attempts = msg.attempts
+                return OutboxState.DEAD
+            delay = backoff_delay_s(msg.attempts, self.backoff_base_s, self.backoff_max_s)
+            if not self._fenced_update(
+                session,
+                msg,
+                state=OutboxState.PENDING,
+                next_attempt_at=now + timedelta(seconds=delay),
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=error,
+                updated_at=now,
+            ):
+                return None
+            if job is not None and job.status in UPDATABLE_IN_PLACE:
+                apply_transition(
+                    session,
+                    job,
+                    JobStatus(job.status),
+                    stage="retrying",
+                    error=error,
+                    now=now,
+                    message=f"attempt {msg.attempts} failed, retrying in {delay:.2f}s: {error}",
+                )
+                job.attempts = msg.attempts
+            return OutboxState.PENDING
+
+    # ----------------------------------------------------------------- metrics
+
+    def oldest_due_age_s(self) -> float | None:
+        """Seconds the oldest due message has been waiting (the relay's lag), None if none is due."""
+        with self._sessionmaker() as session:
+            now = utcnow()
+            pending = session.scalar(
+                select(func.min(Outbox.next_attempt_at)).where(
+                    Outbox.state == OutboxState.PENDING, Outbox.next_attempt_at <= now
+                )
+            )
+            expired = session.scalar(
+                select(func.min(Outbox.lease_expires_at)).where(
+                    Outbox.state == OutboxState.LEASED, Outbox.lease_expires_at < now
+                )
+            )
+        oldest = min((t for t in (pending, expired) if t is not None), default=None)
+        return None if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self._sessionmaker() as session:
+            rows = session.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all()
+        counts = {state.value: 0 for state in OutboxState}
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    # ----------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _locked_job(session: Session, job_id: str) -> Job | None:
+        # Job row first, outbox row second: the same lock order as JobRepository.cancel/retry.
+        return session.get(Job, job_id, with_for_update=True, populate_existing=True)
+
+    def _fenced_update(self, session: Session, msg: ClaimedMessage, **values: Any) -> bool:
+        """Update the message only while this claim still holds its lease."""
+        result = session.execute(
+            update(Outbox)
+            .where(
+                Outbox.id == msg.id,
+                Outbox.state == OutboxState.LEASED,
+                Outbox.lease_owner == msg.owner,
+                Outbox.attempts == msg.attempts,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return cast(CursorResult[Any], result).rowcount == 1
