@@ -8,7 +8,10 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from deployments.registry import get_model
+from deployments.vector_store.actor import StoreClient
 from serve_app.api import create_api
+from serve_app.routes import vectors_search
 from serve_app.auth import TokenVerifier
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
@@ -36,8 +39,12 @@ class Gateway:
             verifier=TokenVerifier(settings),
             limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
             gate=ConcurrencyGate(settings.max_in_flight),
+            store=StoreClient.from_settings(settings),
         )
+        for model in embedders:
+            spec = get_model(model)
+            self.services.store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
         logger.info("gateway ready; models served: %s", sorted(embedders))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.services)
+        return create_api(self.services, extra_routers=(vectors_search.router,))

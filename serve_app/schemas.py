@@ -65,3 +65,48 @@ class ModelList(BaseModel):
 class HealthStatus(BaseModel):
     status: Literal["ok", "degraded", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# Identifiers a client chooses (asset and segment ids): printable, no control characters.
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class SearchRequest(BaseModel):
+    """``POST /vectors/search``: a text ``query`` (embedded by the Embedder) or a precomputed ``vector``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Annotated[StrictStr, Field(min_length=1, max_length=2000)] | None = Field(
+        None, description="Text to search for; embedded with the same model and batching as the write path.")
+    vector: list[float] | None = Field(None, description="A precomputed query vector of the model's dimension.")
+    limit: int = Field(10, ge=1, le=100)
+    asset_id: Identifier | None = Field(None, description="Only search this asset's segments.")
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Minimum cosine similarity.")
+    model: StrictStr | None = Field(None, description="Model whose vectors to search; the default when omitted.")
+
+
+class SearchResult(BaseModel):
+    point_id: str
+    score: float
+    asset_id: str
+    segment_id: str
+    text_preview: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    query: str | None
+    limit: int
+    model: str
+
+
+class DeleteAssetResponse(BaseModel):
+    asset_id: str
+    deleted: int
+    models: list[str]
+
+
+class VectorStats(BaseModel):
+    org_id: str
+    models: dict[str, int] = Field(description="Points of this tenant per model (through the model's alias).")
+    collections: dict[str, int] = Field(description="Points of this tenant per physical collection.")

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"  # noqa: S105 - refused outside development
+DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,90 @@
+"""Semantic search over the tenant's vectors, asset deletion and per-tenant stats."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Path
+
+from deployments.vector_store import alias_name
+from serve_app.deps import PrincipalDep, ServicesDep
+from serve_app.errors import ApiError
+from serve_app.models_check import resolve_model
+from serve_app.routes.openai_compat import ERROR_RESPONSES
+from serve_app.schemas import DeleteAssetResponse, SearchRequest, SearchResponse, SearchResult, VectorStats
+from serve_app.services import Services
+
+router = APIRouter(prefix="/vectors", tags=["vectors"])
+
+ALIAS_PREFIX = alias_name("")
+SEARCH_PAYLOAD_FIELDS = ["asset_id", "segment_id", "text_preview"]
+
+
+def _store(services: Services):  # type: ignore[no-untyped-def]
+    if services.store is None:
+        raise ApiError(503, "store_unavailable", "the vector store is not configured", headers={"Retry-After": "5"})
+    return services.store
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+async def search(body: SearchRequest, services: ServicesDep, principal: PrincipalDep) -> SearchResponse:
+    """Embed ``query`` (or take ``vector``) and return the tenant's nearest segments."""
+    if (body.query is None) == (body.vector is None):
+        raise ApiError(422, "query_or_vector", "give exactly one of 'query' and 'vector'",
+                       field="query" if body.query is None else "vector")
+    if body.query is not None and not body.query.strip():
+        raise ApiError(422, "empty_query", "query is blank", field="query")
+    spec = resolve_model(body.model, services.settings.default_model, services.embedders.served_models())
+    if body.vector is not None:
+        if len(body.vector) != spec.dimension:
+            raise ApiError(422, "dimension_mismatch",
+                           f"vector has {len(body.vector)} dimensions; model {spec.name!r} uses {spec.dimension}",
+                           field="vector")
+        if not all(math.isfinite(x) for x in body.vector):
+            raise ApiError(422, "non_finite_vector", "vector holds NaN or infinite values", field="vector")
+        vector = body.vector
+    else:
+        if not services.settings.enable_real_embeddings:
+            raise ApiError(503, "real_embeddings_disabled",
+                           "real-model embeddings are switched off (HEIMDEX_ENABLE_REAL_EMBEDDINGS=false)",
+                           headers={"Retry-After": "60"})
+        assert body.query is not None
+        output = await services.embedders.embed(spec.name, [body.query])
+        vector = output.vectors[0].tolist()
+    hits = await _store(services).search(
+        alias_name(spec.name), principal.org_id, vector, limit=body.limit, asset_id=body.asset_id,
+        score_threshold=body.score_threshold, with_payload=SEARCH_PAYLOAD_FIELDS)
+    return SearchResponse(
+        results=[SearchResult(point_id=h.point_id, score=h.score, asset_id=str(h.payload.get("asset_id", "")),
+                              segment_id=str(h.payload.get("segment_id", "")),
+                              text_preview=str(h.payload.get("text_preview", ""))) for h in hits],
+        query=body.query, limit=body.limit, model=spec.name)
+
+
+@router.delete("/assets/{asset_id}", response_model=DeleteAssetResponse, responses=ERROR_RESPONSES)
+async def delete_asset(
+    services: ServicesDep, principal: PrincipalDep,
+    asset_id: str = Path(..., min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"),
+) -> DeleteAssetResponse:
+    """Delete this tenant's points of ``asset_id`` in every model's live collection (other tenants untouched)."""
+    store = _store(services)
+    aliases = await store.call("list_aliases")
+    deleted = 0
+    models: list[str] = []
+    for alias in sorted(aliases):
+        count = await store.delete_asset(alias, principal.org_id, asset_id)
+        deleted += count
+        if count:
+            models.append(alias.removeprefix(ALIAS_PREFIX))
+    return DeleteAssetResponse(asset_id=asset_id, deleted=deleted, models=models)
+
+
+@router.get("/stats", response_model=VectorStats, responses=ERROR_RESPONSES)
+async def stats(services: ServicesDep, principal: PrincipalDep) -> VectorStats:
+    """This tenant's point counts per model and per collection."""
+    store = _store(services)
+    per_collection: dict[str, int] = await store.stats(principal.org_id)
+    aliases: dict[str, str] = await store.call("list_aliases")
+    per_model = {alias.removeprefix(ALIAS_PREFIX): per_collection.get(target, 0)
+                 for alias, target in sorted(aliases.items())}
+    return VectorStats(org_id=principal.org_id, models=per_model, collections=per_collection)
