@@ -13,7 +13,10 @@ from ray.serve import Application
 
 from deployments.embedder import Embedder
 from deployments.registry import get_model
+from serve_app.db import upgrade_database
 from serve_app.gateway import Gateway
+from serve_app.relay import OutboxRelay
+from serve_app.settings import get_settings
 
 
 class AppArgs(BaseModel):
@@ -39,4 +42,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         get_model(model)  # refuse unknown names at deploy time, listing the known ones
         embedders[model] = Embedder.options(name=embedder_name(model, parsed.models[0])).bind(
             model=model, backend=parsed.backend, device=parsed.device, threads=parsed.threads)
-    return Gateway.bind(embedders)
+    # Migrations run once per deploy, before any replica opens the database.
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    return Gateway.bind(embedders, OutboxRelay.bind(embedders))

@@ -110,6 +110,13 @@ async def _http_error_handler(_: Request, exc: Exception) -> Response:
                          exc.status_code, dict(exc.headers or {}))
 
 
+async def _database_down_handler(_: Request, exc: Exception) -> Response:
+    logger.warning("database unavailable: %s", type(exc).__name__)
+    return json_response(error_body("service_unavailable", "database_unavailable",
+                                    "the job database is unreachable; nothing was recorded, retry shortly", None),
+                         503, {"Retry-After": "5"})
+
+
 async def _unexpected_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return json_response(error_body("server_error", "internal_error", "internal error", None), 500)
@@ -119,4 +126,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    app.add_exception_handler(OperationalError, _database_down_handler)
+    app.add_exception_handler(InterfaceError, _database_down_handler)
     app.add_exception_handler(Exception, _unexpected_handler)

@@ -11,10 +11,11 @@ from ray import serve
 from deployments.registry import get_model
 from deployments.vector_store.actor import StoreClient
 from serve_app.api import create_api
-from serve_app.routes import vectors_search
 from serve_app.auth import TokenVerifier
+from serve_app.db.database import Database
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
+from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.services import Services
 from serve_app.settings import get_settings
 
@@ -31,7 +32,7 @@ logger = logging.getLogger("heimdex.gateway")
 )
 @serve.ingress()
 class Gateway:
-    def __init__(self, embedders: dict[str, Any]) -> None:
+    def __init__(self, embedders: dict[str, Any], relay: Any = None) -> None:
         settings = get_settings()
         self.services = Services(
             settings=settings,
@@ -40,11 +41,14 @@ class Gateway:
             limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
             gate=ConcurrencyGate(settings.max_in_flight),
             store=StoreClient.from_settings(settings),
+            db=Database(settings.resolved_database_url),
         )
+        self.relay = relay
         for model in embedders:
             spec = get_model(model)
             self.services.store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
         logger.info("gateway ready; models served: %s", sorted(embedders))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.services, extra_routers=(vectors_search.router,))
+        return create_api(self.services, extra_routers=(
+            vectors_search.router, vectors_write.router, jobs.router))

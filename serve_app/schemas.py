@@ -110,3 +110,76 @@ class VectorStats(BaseModel):
     org_id: str
     models: dict[str, int] = Field(description="Points of this tenant per model (through the model's alias).")
     collections: dict[str, int] = Field(description="Points of this tenant per physical collection.")
+
+
+class EmbedRequest(BaseModel):
+    """``POST /vectors/embed``: one text segment to embed and store as the caller's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asset_id: Identifier
+    segment_id: Identifier
+    text: Annotated[StrictStr, Field(min_length=1)]
+    model: StrictStr | None = Field(None, description="Registered model; the default when omitted.")
+
+
+class EmbedBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    segments: list[EmbedRequest] = Field(..., min_length=1)
+
+
+class MockEmbedRequest(BaseModel):
+    """``POST /vectors/mock`` (deprecated): a deterministic random vector for (asset, segment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asset_id: Identifier
+    segment_id: Identifier
+    text: Annotated[StrictStr, Field(min_length=1)] | None = Field(
+        None, description="Optional text, stored so a later re-embed can replace the mock vector.")
+
+
+class EmbedJobAccepted(BaseModel):
+    job_id: str
+    status: str
+    created: bool = Field(description="False when an identical request already made this job.")
+    asset_id: str
+    segment_id: str
+    model: str
+    model_version: str
+    point_id: str
+
+
+class EmbedBatchAccepted(BaseModel):
+    jobs: list[EmbedJobAccepted]
+
+
+class JobEventView(BaseModel):
+    prev_status: str | None
+    next_status: str
+    stage: str | None
+    message: str | None
+    created_at: str
+
+
+class JobView(BaseModel):
+    id: str
+    type: str
+    status: str
+    stage: str | None
+    progress: int
+    attempts: int
+    result: dict[str, object] | None
+    error: str | None
+    requested_by: str | None
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    events: list[JobEventView] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None

@@ -70,6 +70,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "HEIMDEX_ENV": "development",
         "HEIMDEX_DATA_DIR": str(data_dir),
         "HEIMDEX_STORE_ACTOR_NAME": f"heimdex-store-test-{secrets.token_hex(4)}",
+        # Short leases so reclaim-after-crash tests finish quickly; batches take far less.
+        "HEIMDEX_RELAY_LEASE_S": "8",
+        "HEIMDEX_RELAY_BACKOFF_BASE_S": "0.2",
+        "HEIMDEX_RELAY_BACKOFF_MAX_S": "2",
     })
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.pop("RAY_AUTH_TOKEN", None)

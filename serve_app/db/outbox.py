@@ -117,36 +117,47 @@ class OutboxQueue:
     def complete(self, msg: ClaimedMessage, result: dict[str, Any]) -> bool:
         """Outbox row DONE and job SUCCEEDED in one transaction. False (and no job change) when
         the lease is no longer ours or the job is no longer QUEUED/RUNNING."""
+        return self.complete_many([(msg, result)])[0]
+
+    def complete_many(self, items: list[tuple[ClaimedMessage, dict[str, Any]]]) -> list[bool]:
+        """:meth:`complete` for a batch of messages in ONE transaction (one commit, not one each)."""
         with self._sessionmaker.begin() as session:
             session.connection()
             now = utcnow()
-            job = self._locked_job(session, msg.job_id)
-            if not self._fenced_update(
-                session, msg, state=OutboxState.DONE, lease_expires_at=None, updated_at=now
-            ):
-                return False
-            if job is None or job.status not in UPDATABLE_IN_PLACE:
-                return False
-            apply_transition(
-                session, job, JobStatus.SUCCEEDED, stage="completed", progress=100, result=result, now=now
-            )
-            job.attempts = msg.attempts
-            return True
+            return [self._complete_in(session, msg, result, now) for msg, result in items]
+
+    def _complete_in(self, session: Session, msg: ClaimedMessage, result: dict[str, Any], now: datetime) -> bool:
+        job = self._locked_job(session, msg.job_id)
+        if not self._fenced_update(session, msg, state=OutboxState.DONE, lease_expires_at=None, updated_at=now):
+            return False
+        if job is None or job.status not in UPDATABLE_IN_PLACE:
+            return False
+        apply_transition(session, job, JobStatus.SUCCEEDED, stage="completed", progress=100, result=result, now=now)
+        job.attempts = msg.attempts
+        return True
 
     def mark_running(self, msg: ClaimedMessage, stage: str, progress: int) -> bool:
         """QUEUED → RUNNING (or a stage/progress update while RUNNING), and extend the lease.
         False when the lease is lost or the job was canceled/finished: stop working on it."""
+        return self.mark_running_many([msg], stage, progress)[0]
+
+    def mark_running_many(self, msgs: list[ClaimedMessage], stage: str, progress: int) -> list[bool]:
+        """:meth:`mark_running` for a batch of messages in ONE transaction."""
         with self._sessionmaker.begin() as session:
             session.connection()
             now = utcnow()
-            job = self._locked_job(session, msg.job_id)
-            if job is None or job.status not in UPDATABLE_IN_PLACE:
-                return False
-            if not self._fenced_update(session, msg, lease_expires_at=now + self.lease, updated_at=now):
-                return False
-            apply_transition(session, job, JobStatus.RUNNING, stage=stage, progress=progress, now=now)
-            job.attempts = msg.attempts
-            return True
+            return [self._mark_running_in(session, msg, stage, progress, now) for msg in msgs]
+
+    def _mark_running_in(self, session: Session, msg: ClaimedMessage, stage: str, progress: int,
+                         now: datetime) -> bool:
+        job = self._locked_job(session, msg.job_id)
+        if job is None or job.status not in UPDATABLE_IN_PLACE:
+            return False
+        if not self._fenced_update(session, msg, lease_expires_at=now + self.lease, updated_at=now):
+            return False
+        apply_transition(session, job, JobStatus.RUNNING, stage=stage, progress=progress, now=now)
+        job.attempts = msg.attempts
+        return True
 
     def fail(self, msg: ClaimedMessage, error: str) -> OutboxState | None:
         """Record a failed attempt. Below ``max_attempts`` the message goes back to PENDING with

@@ -24,7 +24,7 @@ def upgrade() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("org_id", sa.String(64), nullable=False),
+        sa.Column("org_id", sa.String(128), nullable=False),
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("stage", sa.String(64), nullable=True),
@@ -80,7 +80,7 @@ def upgrade() -> None:
 
     op.create_table(
         "idempotency_keys",
-        sa.Column("org_id", sa.String(64), nullable=False),
+        sa.Column("org_id", sa.String(128), nullable=False),
         sa.Column("key", sa.String(255), nullable=False),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("job_ids", sa.JSON(), nullable=False),

@@ -1,0 +1,180 @@
+"""The outbox relay: delivers accepted embed jobs at least once, with idempotent effects.
+
+A Serve deployment started with the app. Its loop claims due outbox rows (leases, so several
+relays can run and a crashed one's rows come back after the lease), embeds their texts through
+the Embedder deployment in one call per model, upserts the vectors under deterministic point IDs
+(a redelivered row overwrites the same point), then finishes all the batch's jobs in one
+transaction. A failure sends the rows back with exponential backoff and jitter; past the last
+attempt the job is DEAD_LETTER with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from ray import serve
+
+from deployments.mock_vectors import MOCK_DIMENSION, MOCK_MODEL, MOCK_VERSION, mock_vector
+from deployments.point_ids import point_id_for
+from deployments.registry import get_model
+from deployments.vector_store import PointRecord, collection_name
+from deployments.vector_store.actor import StoreClient
+from serve_app.db.database import Database
+from serve_app.db.outbox import ClaimedMessage, OutboxQueue
+from serve_app.embedder_client import ServeEmbedderClient
+from serve_app.settings import Settings, get_settings
+
+logger = logging.getLogger("heimdex.relay")
+
+EMBED_TASK = "embed"
+TEXT_PREVIEW_CHARS = 200
+
+
+def point_payload(msg: ClaimedMessage) -> dict[str, Any]:
+    p = msg.payload
+    text = str(p.get("text") or "")
+    return {
+        "org_id": p["org_id"], "asset_id": p["asset_id"], "segment_id": p["segment_id"], "model": p["model"],
+        "model_version": p["model_version"], "text": text, "text_preview": text[:TEXT_PREVIEW_CHARS],
+        "created_at": datetime.now(UTC).isoformat(), "job_id": msg.job_id,
+    }
+
+
+class RelayCore:
+    """The relay's work, independent of Serve (the fault tests drive it directly too)."""
+
+    def __init__(self, settings: Settings, embedders: Any, store: StoreClient, owner: str | None = None) -> None:
+        self.settings = settings
+        self.embedders = embedders
+        self.store = store
+        self.db = Database(settings.resolved_database_url)
+        self.owner = owner or f"relay-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.queue = OutboxQueue(self.db.sessions, self.owner, settings.relay_lease_s, settings.relay_max_attempts,
+                                 settings.relay_backoff_base_s, settings.relay_backoff_max_s)
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.dead_letters = 0
+
+    async def run_once(self) -> int:
+        """Claim and process one batch; returns how many messages were claimed."""
+        messages = await asyncio.to_thread(self.queue.claim, self.settings.relay_batch_size)
+        if not messages:
+            return 0
+        unknown = [m for m in messages if m.task != EMBED_TASK]
+        for msg in unknown:
+            await self._fail([msg], f"unknown outbox task {msg.task!r}")
+        embed = [m for m in messages if m.task == EMBED_TASK]
+        if embed:
+            await self._process_embed(embed)
+        return len(messages)
+
+    async def _process_embed(self, messages: list[ClaimedMessage]) -> None:
+        alive = await asyncio.to_thread(self.queue.mark_running_many, messages, "embedding", 30)
+        messages = [m for m, ok in zip(messages, alive, strict=True) if ok]
+        by_model: dict[tuple[str, str], list[ClaimedMessage]] = defaultdict(list)
+        for msg in messages:
+            by_model[(msg.payload["model"], msg.payload["model_version"])].append(msg)
+        await asyncio.gather(*(self._embed_group(model, version, group)
+                               for (model, version), group in by_model.items()))
+
+    async def _embed_group(self, model: str, version: str, messages: list[ClaimedMessage]) -> None:
+        try:
+            if model == MOCK_MODEL:
+                vectors = [mock_vector(m.payload["org_id"], m.payload["asset_id"], m.payload["segment_id"])
+                           for m in messages]
+                token_counts = [0] * len(messages)
+                truncated = [False] * len(messages)
+            else:
+                output = await self.embedders.embed(model, [str(m.payload["text"]) for m in messages])
+                vectors = list(output.vectors)
+                token_counts, truncated = output.token_counts, output.truncated
+            alive = await asyncio.to_thread(self.queue.mark_running_many, messages, "upserting", 70)
+            keep = [i for i, ok in enumerate(alive) if ok]
+            collection = collection_name(model, version)
+            by_tenant: dict[str, list[PointRecord]] = defaultdict(list)
+            point_ids: dict[str, str] = {}
+            for i in keep:
+                msg = messages[i]
+                p = msg.payload
+                pid = point_id_for(p["org_id"], p["asset_id"], p["segment_id"], model, version)
+                point_ids[msg.job_id] = pid
+                by_tenant[p["org_id"]].append(PointRecord(pid, vectors[i], point_payload(msg)))
+            for tenant, points in by_tenant.items():
+                await self.store.upsert(collection, tenant, points, wait=True)
+            results = [(messages[i], {
+                "point_id": point_ids[messages[i].job_id], "collection": collection, "model": model,
+                "model_version": version, "vector_size": len(vectors[i]), "tokens": int(token_counts[i]),
+                "truncated": bool(truncated[i]), "completed_at": datetime.now(UTC).isoformat(),
+            }) for i in keep]
+            done = await asyncio.to_thread(self.queue.complete_many, results)
+            self.delivered += sum(done)
+        except Exception as exc:  # any failure: retry with backoff, dead-letter past max attempts
+            logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc)
+            await self._fail(messages, f"{type(exc).__name__}: {str(exc)[:500]}")
+
+    async def _fail(self, messages: list[ClaimedMessage], error: str) -> None:
+        for msg in messages:
+            state = await asyncio.to_thread(self.queue.fail, msg, error)
+            self.failed_attempts += 1
+            if state is not None and state.value == "dead":
+                self.dead_letters += 1
+
+    def status(self) -> dict[str, Any]:
+        return {"owner": self.owner, "delivered": self.delivered, "failed_attempts": self.failed_attempts,
+                "dead_letters": self.dead_letters, "outbox": self.queue.counts_by_state(),
+                "oldest_due_age_s": self.queue.oldest_due_age_s()}
+
+
+@serve.deployment(
+    name="OutboxRelay",
+    num_replicas=1,
+    max_ongoing_requests=8,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.1},
+)
+class OutboxRelay:
+    def __init__(self, embedders: dict[str, Any]) -> None:
+        settings = get_settings()
+        store = StoreClient.from_settings(settings)
+        store.sync.ensure_collection(MOCK_MODEL, MOCK_VERSION, MOCK_DIMENSION)
+        for model in embedders:
+            spec = get_model(model)
+            store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
+        self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s), store)
+        self._stopping = asyncio.Event()
+        self._last_error: str | None = None
+        self._task = asyncio.get_event_loop().create_task(self._loop())
+        logger.info("outbox relay %s started", self.core.owner)
+
+    async def _loop(self) -> None:
+        poll = self.core.settings.relay_poll_interval_s
+        while not self._stopping.is_set():
+            try:
+                claimed = await self.core.run_once()
+                self._last_error = None
+            except Exception as exc:  # database down: keep trying, the rows stay in the outbox
+                self._last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                logger.warning("relay loop error: %s", self._last_error)
+                claimed = 0
+                await asyncio.sleep(min(5.0, poll * 20))
+            if claimed == 0:
+                await asyncio.sleep(poll)
+
+    async def status(self) -> dict[str, Any]:
+        status = await asyncio.to_thread(self.core.status)
+        status["last_error"] = self._last_error
+        return status
+
+    def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError(f"relay loop stopped: {self._task.exception()!r}")
+
+    def __del__(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,109 @@
+"""Job status, listing, retry and cancel. Tenant-scoped: another tenant's job id answers 404."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Path, Query
+
+from serve_app.db import InvalidCursorError, InvalidTransitionError, JobNotFoundError, JobRepository, JobStatus
+from serve_app.deps import PrincipalDep, ServicesDep
+from serve_app.errors import ApiError
+from serve_app.routes.jobs_view import job_view
+from serve_app.routes.openai_compat import ERROR_RESPONSES
+from serve_app.schemas import JobList, JobView
+from serve_app.services import Services
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_T = TypeVar("_T")
+JobIdPath = Annotated[str, Path(description="The job's UUID.", max_length=64)]
+
+
+def _job_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(422, "invalid_job_id", "job id must be a UUID", field="job_id") from None
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job {job_id} for this tenant", field="job_id")
+
+
+async def _with_repo(services: Services, work: Callable[[JobRepository], _T]) -> _T:
+    db = services.db
+    if db is None:
+        raise ApiError(503, "database_unavailable", "the job database is not configured", headers={"Retry-After": "5"})
+
+    def run() -> _T:
+        with db.sessions() as session:
+            return work(JobRepository(session))
+
+    return await asyncio.to_thread(run)
+
+
+@router.get("/{job_id}", response_model=JobView, responses=ERROR_RESPONSES)
+async def get_job(job_id: JobIdPath, services: ServicesDep, principal: PrincipalDep) -> JobView:
+    """The job with every status transition it went through, in order."""
+    jid = _job_id(job_id)
+
+    def work(repo: JobRepository) -> JobView | None:
+        job = repo.get_job(principal.org_id, jid)
+        return None if job is None else job_view(job, repo.events(principal.org_id, jid))
+
+    view = await _with_repo(services, work)
+    if view is None:
+        raise _not_found(jid)
+    return view
+
+
+@router.get("", response_model=JobList, responses=ERROR_RESPONSES)
+async def list_jobs(
+    services: ServicesDep, principal: PrincipalDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
+) -> JobList:
+    """This tenant's jobs, newest first, with keyset pagination."""
+    def work(repo: JobRepository) -> JobList:
+        jobs, next_cursor = repo.list_jobs(principal.org_id, status=status, limit=limit, cursor=cursor)
+        return JobList(jobs=[job_view(j) for j in jobs], next_cursor=next_cursor)
+
+    try:
+        return await _with_repo(services, work)
+    except InvalidCursorError:
+        raise ApiError(422, "invalid_cursor", "cursor is not one this API returned", field="cursor") from None
+
+
+async def _change(services: Services, org_id: str, job_id: str,
+                  change: Callable[[JobRepository, str, str], object]) -> JobView:
+    jid = _job_id(job_id)
+
+    def work(repo: JobRepository) -> JobView:
+        change(repo, org_id, jid)
+        job = repo.get_job(org_id, jid)
+        assert job is not None
+        return job_view(job, repo.events(org_id, jid))
+
+    try:
+        return await _with_repo(services, work)
+    except JobNotFoundError:
+        raise _not_found(jid) from None
+    except InvalidTransitionError as exc:
+        raise ApiError(409, "invalid_transition", str(exc), field="status") from None
+
+
+@router.post("/{job_id}/retry", response_model=JobView, responses={**ERROR_RESPONSES, 409: {"description": "Wrong state"}})
+async def retry_job(job_id: JobIdPath, services: ServicesDep, principal: PrincipalDep) -> JobView:
+    """Queue a FAILED or DEAD_LETTER job again (a fresh outbox message, attempts reset)."""
+    return await _change(services, principal.org_id, job_id, JobRepository.retry)
+
+
+@router.post("/{job_id}/cancel", response_model=JobView, responses={**ERROR_RESPONSES, 409: {"description": "Wrong state"}})
+async def cancel_job(job_id: JobIdPath, services: ServicesDep, principal: PrincipalDep) -> JobView:
+    """Cancel a job that is still QUEUED."""
+    return await _change(services, principal.org_id, job_id, JobRepository.cancel)

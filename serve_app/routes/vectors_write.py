@@ -1,0 +1,128 @@
+"""The write path: embed requests become jobs + outbox rows in ONE transaction; the relay does the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from starlette.responses import Response
+
+from deployments.mock_vectors import MOCK_MODEL, MOCK_VERSION
+from deployments.point_ids import point_id_for
+from serve_app.db import CreatedJob, EmbedSegment, IdempotencyConflictError, JobRepository, request_hash
+from serve_app.deps import PrincipalDep, ServicesDep
+from serve_app.errors import ApiError, json_response
+from serve_app.models_check import resolve_model
+from serve_app.routes.openai_compat import ERROR_RESPONSES
+from serve_app.schemas import (
+    EmbedBatchAccepted,
+    EmbedBatchRequest,
+    EmbedJobAccepted,
+    EmbedRequest,
+    MockEmbedRequest,
+)
+from serve_app.services import Services
+
+router = APIRouter(prefix="/vectors", tags=["vectors"])
+
+# Visible ASCII only: no spaces, no CR/LF (header injection), at most the column's 255 characters.
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+MOCK_SUNSET = "Wed, 30 Jun 2027 00:00:00 GMT"
+
+IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", description="Replay-safe request key.")]
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+        raise ApiError(422, "invalid_idempotency_key",
+                       "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key")
+
+
+def _segment(services: Services, item: EmbedRequest, field_prefix: str) -> EmbedSegment:
+    if len(item.text) > services.settings.max_text_chars:
+        raise ApiError(422, "text_too_long",
+                       f"text has {len(item.text)} characters; at most {services.settings.max_text_chars}",
+                       field=f"{field_prefix}text")
+    if not item.text.strip():
+        raise ApiError(422, "empty_text", "text is blank", field=f"{field_prefix}text")
+    if not services.settings.enable_real_embeddings:
+        raise ApiError(503, "real_embeddings_disabled",
+                       "real-model embeddings are switched off (HEIMDEX_ENABLE_REAL_EMBEDDINGS=false); "
+                       "POST /vectors/mock keeps working", headers={"Retry-After": "60"})
+    spec = resolve_model(item.model, services.settings.default_model, services.embedders.served_models(),
+                         field=f"{field_prefix}model")
+    return EmbedSegment(asset_id=item.asset_id, segment_id=item.segment_id, text=item.text, model=spec.name,
+                        model_version=spec.version)
+
+
+async def _create(services: Services, org_id: str, sub: str, segments: list[EmbedSegment],
+                  idempotency_key: str | None, body_hash: str) -> list[CreatedJob]:
+    db = services.db
+    if db is None:
+        raise ApiError(503, "database_unavailable", "the job database is not configured", headers={"Retry-After": "5"})
+
+    def work() -> list[CreatedJob]:
+        with db.sessions() as session:
+            return JobRepository(session).create_embed_jobs(org_id, sub, segments, idempotency_key,
+                                                            request_hash=body_hash)
+    try:
+        return await asyncio.to_thread(work)
+    except IdempotencyConflictError:
+        raise ApiError(422, "idempotency_key_reused",
+                       "this Idempotency-Key was used with a different request body", field="Idempotency-Key") from None
+
+
+def _accepted(org_id: str, segment: EmbedSegment, created: CreatedJob) -> EmbedJobAccepted:
+    return EmbedJobAccepted(
+        job_id=created.job.id, status=str(created.job.status), created=created.created, asset_id=segment.asset_id,
+        segment_id=segment.segment_id, model=segment.model, model_version=segment.model_version,
+        point_id=point_id_for(org_id, segment.asset_id, segment.segment_id, segment.model, segment.model_version))
+
+
+@router.post("/embed", status_code=202, response_model=EmbedJobAccepted, responses=ERROR_RESPONSES)
+async def embed(body: EmbedRequest, services: ServicesDep, principal: PrincipalDep,
+                idempotency_key: IdempotencyKeyHeader = None) -> Response:
+    """Accept one segment: the job, its first event and its outbox row are written in one transaction."""
+    _check_idempotency_key(idempotency_key)
+    segment = _segment(services, body, "")
+    created = await _create(services, principal.org_id, principal.sub, [segment], idempotency_key,
+                            request_hash(body.model_dump()))
+    return json_response(_accepted(principal.org_id, segment, created[0]).model_dump(), 202)
+
+
+@router.post("/embed:batch", status_code=202, response_model=EmbedBatchAccepted, responses=ERROR_RESPONSES)
+async def embed_batch(body: EmbedBatchRequest, services: ServicesDep, principal: PrincipalDep,
+                      idempotency_key: IdempotencyKeyHeader = None) -> Response:
+    """Accept up to ``max_batch_segments`` segments: one job each, all in one transaction."""
+    _check_idempotency_key(idempotency_key)
+    limit = services.settings.max_batch_segments
+    if len(body.segments) > limit:
+        raise ApiError(422, "too_many_segments", f"{len(body.segments)} segments; at most {limit} per request",
+                       field="segments")
+    segments = [_segment(services, item, f"segments.{i}.") for i, item in enumerate(body.segments)]
+    created = await _create(services, principal.org_id, principal.sub, segments, idempotency_key,
+                            request_hash(body.model_dump()))
+    jobs = [_accepted(principal.org_id, s, c) for s, c in zip(segments, created, strict=True)]
+    return json_response(EmbedBatchAccepted(jobs=jobs).model_dump(), 202)
+
+
+@router.post("/mock", status_code=202, response_model=EmbedJobAccepted, responses=ERROR_RESPONSES, deprecated=True)
+async def mock(body: MockEmbedRequest, services: ServicesDep, principal: PrincipalDep,
+               idempotency_key: IdempotencyKeyHeader = None) -> Response:
+    """DEPRECATED: use ``POST /vectors/embed``. Stores a deterministic random unit vector (model ``mock``).
+
+    Kept for the mock → real migration; it keeps working when real embeddings are switched off.
+    """
+    _check_idempotency_key(idempotency_key)
+    text = body.text or ""
+    if len(text) > services.settings.max_text_chars:
+        raise ApiError(422, "text_too_long", f"text has {len(text)} characters", field="text")
+    segment = EmbedSegment(asset_id=body.asset_id, segment_id=body.segment_id, text=text, model=MOCK_MODEL,
+                           model_version=MOCK_VERSION)
+    created = await _create(services, principal.org_id, principal.sub, [segment], idempotency_key,
+                            request_hash(body.model_dump()))
+    headers = {"Deprecation": "true", "Sunset": MOCK_SUNSET,
+               "Link": '</vectors/embed>; rel="successor-version"'}
+    return json_response(_accepted(principal.org_id, segment, created[0]).model_dump(), 202, headers)

@@ -1,0 +1,36 @@
+"""Shared helpers for tests against the running app."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "canceled", "dead_letter"}
+
+
+def token(org: str, sub: str = "tester", scopes: tuple[str, ...] = ()) -> str:
+    from serve_app.auth import mint_token
+    from serve_app.settings import Settings
+
+    return mint_token(Settings(), org_id=org, sub=sub, scopes=scopes)
+
+
+def auth(org: str, sub: str = "tester", scopes: tuple[str, ...] = ()) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(org, sub, scopes)}"}
+
+
+def wait_job(url: str, org: str, job_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll GET /jobs/{id} until the job is terminal; fail with its last state on timeout."""
+    deadline = time.monotonic() + timeout_s
+    headers = auth(org)
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/jobs/{job_id}", headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in TERMINAL:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not terminal after {timeout_s}s: {body}")
