@@ -6,10 +6,10 @@ the application in the config; tests and ``heimdex up`` call it directly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from deployments.embedder import Embedder
 from deployments.registry import get_model
@@ -31,6 +31,12 @@ class AppArgs(BaseModel):
     threads: int | None = Field(None, ge=1, description="Intra-op threads per Embedder replica.")
 
 
+# @serve.deployment returns Deployment objects; mypy only sees the decorated classes.
+EMBEDDER = cast(Deployment, Embedder)
+GATEWAY = cast(Deployment, Gateway)
+RELAY = cast(Deployment, OutboxRelay)
+
+
 def embedder_name(model: str, default_model: str) -> str:
     return "Embedder" if model == default_model else f"Embedder-{model}"
 
@@ -40,10 +46,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     embedders: dict[str, Any] = {}
     for model in parsed.models:
         get_model(model)  # refuse unknown names at deploy time, listing the known ones
-        embedders[model] = Embedder.options(name=embedder_name(model, parsed.models[0])).bind(
+        embedders[model] = EMBEDDER.options(name=embedder_name(model, parsed.models[0])).bind(
             model=model, backend=parsed.backend, device=parsed.device, threads=parsed.threads)
     # Migrations run once per deploy, before any replica opens the database.
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)
-    return Gateway.bind(embedders, OutboxRelay.bind(embedders))
+    return GATEWAY.bind(embedders, RELAY.bind(embedders))

@@ -34,19 +34,20 @@ logger = logging.getLogger("heimdex.gateway")
 class Gateway:
     def __init__(self, embedders: dict[str, Any], relay: Any = None) -> None:
         settings = get_settings()
+        store = StoreClient.from_settings(settings)
         self.services = Services(
             settings=settings,
             embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s),
             verifier=TokenVerifier(settings),
             limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
             gate=ConcurrencyGate(settings.max_in_flight),
-            store=StoreClient.from_settings(settings),
+            store=store,
             db=Database(settings.resolved_database_url),
         )
         self.relay = relay
         for model in embedders:
             spec = get_model(model)
-            self.services.store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
+            store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
         logger.info("gateway ready; models served: %s", sorted(embedders))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
