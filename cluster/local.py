@@ -8,6 +8,7 @@ without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -39,6 +40,11 @@ class LocalCluster:
     @property
     def token_path(self) -> Path:
         return self.state_dir / "ray_auth_token"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """This cluster's own Ray temp dir, so stopping it never touches other Ray clusters."""
+        return self.state_dir / "ray"
 
     @property
     def address(self) -> str:
@@ -92,7 +98,8 @@ def start_head(cluster: LocalCluster, env: dict[str, str], num_cpus: int | None 
     """``ray start --head`` with the dashboard on 127.0.0.1:8265 and token auth."""
     cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(GCS_PORT),
            "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(DASHBOARD_PORT),
-           "--disable-usage-stats", "--include-dashboard", "true"]
+           "--disable-usage-stats", "--include-dashboard", "true",
+           "--temp-dir", str(cluster.ray_temp_dir.resolve())]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     result = _run(cmd, env, check=False)
@@ -137,7 +144,33 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
     raise TimeoutError(f"service not ready after {timeout_s:.0f}s; last answer: {last}")
 
 
-def stop(cluster: LocalCluster) -> None:
+def cluster_processes(cluster: LocalCluster) -> list[Any]:
+    """Processes of this cluster only: those whose command line names its temp dir."""
+    import psutil
+
+    marker = str(cluster.ray_temp_dir.resolve())
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if marker in cmdline and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def stop(cluster: LocalCluster, grace_s: float = 15.0) -> int:
+    """Shut the app down, then end this cluster's processes (never `ray stop`, which ends every
+    Ray cluster of the user on the machine). Returns how many processes were ended."""
+    import psutil
+
     env = cluster.ray_env()
-    _run([_bin("serve"), "shutdown", "-y", "--address", cluster.dashboard_url], env, check=False)
-    _run([_bin("ray"), "stop", "--force"], env, check=False)
+    if is_running(cluster):
+        _run([_bin("serve"), "shutdown", "-y", "--address", cluster.dashboard_url], env, check=False)
+    procs = cluster_processes(cluster)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(procs)
