@@ -22,6 +22,7 @@ import numpy as np
 from ray import serve
 
 from deployments.backends import EmbeddingBackend, EmbedOutput, load_backend
+from deployments.metrics import EmbedderMetrics
 from deployments.registry import get_model
 
 logger = logging.getLogger("heimdex.embedder")
@@ -97,6 +98,7 @@ class EmbedderCore:
         # One thread owns the model: forward passes never overlap, the event loop stays free.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heimdex-model")
         self.stats = BatchStats()
+        self.metrics = EmbedderMetrics(self.spec.name)
         self.config = EmbedderConfig()
         self.last_error: str | None = None
 
@@ -117,8 +119,11 @@ class EmbedderCore:
     async def run_batch(self, requests: list[list[str]]) -> list[EmbedOutput]:
         flat = [text for texts in requests for text in texts]
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         output = await loop.run_in_executor(self._executor, self.backend.embed, flat)
-        self.stats.record(calls=len(requests), texts=len(flat), tokens=sum(output.token_counts))
+        tokens = sum(output.token_counts)
+        self.stats.record(calls=len(requests), texts=len(flat), tokens=tokens)
+        self.metrics.record_batch(len(requests), len(flat), tokens, time.perf_counter() - started)
         results: list[EmbedOutput] = []
         start = 0
         for texts in requests:
@@ -138,6 +143,15 @@ class EmbedderCore:
         probe = self.backend.embed(["health"])
         if probe.vectors.shape != (1, self.spec.dimension) or not np.isfinite(probe.vectors).all():
             raise RuntimeError(f"backend returned a bad vector of shape {probe.vectors.shape}")
+
+
+def _configure_logging() -> None:
+    """JSON logs through Serve's logger (the function lives in serve_app; imported lazily, no FastAPI)."""
+    try:
+        from serve_app.logging_setup import configure_logging
+    except ImportError:  # pragma: no cover
+        return
+    configure_logging()
 
 
 def _node_id() -> str | None:
@@ -162,6 +176,7 @@ class Embedder:
 
     def __init__(self, model: str = "minilm-l6-v2", backend: str | None = None, device: str = "auto",
                  threads: int | None = None) -> None:
+        _configure_logging()
         self.core = EmbedderCore(model, backend=backend, device=device, threads=threads)
         logger.info("embedder ready: %s", self.core.info())
 
@@ -174,7 +189,11 @@ class Embedder:
 
     async def embed(self, texts: list[str]) -> EmbedOutput:
         """Embed one request's texts; batched with other concurrent calls."""
-        result: EmbedOutput = await self._embed_batch(texts)
+        self.core.metrics.enter()
+        try:
+            result: EmbedOutput = await self._embed_batch(texts)
+        finally:
+            self.core.metrics.leave()
         return result
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
@@ -186,6 +205,10 @@ class Embedder:
 
     def batch_stats(self) -> dict[str, Any]:
         return self.core.stats.as_dict()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """This replica's figures for the Gateway's ``/metrics`` route."""
+        return {**self.core.metrics.snapshot(), "pid": os.getpid(), "node_id": _node_id()}
 
     def check_health(self) -> None:
         self.core.check()

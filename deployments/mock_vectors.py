@@ -16,7 +16,9 @@ MOCK_VERSION = "v1"
 MOCK_DIMENSION = 384
 
 
-def mock_vector(org_id: str, asset_id: str, segment_id: str, dimension: int = MOCK_DIMENSION) -> npt.NDArray[np.float32]:
+def mock_vector(
+    org_id: str, asset_id: str, segment_id: str, dimension: int = MOCK_DIMENSION
+) -> npt.NDArray[np.float32]:
     seed = int.from_bytes(hashlib.sha256(f"{org_id}\x1f{asset_id}\x1f{segment_id}".encode()).digest()[:8], "little")
     vector = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
     return vector / np.float32(np.linalg.norm(vector))

@@ -11,6 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.body_limit import BodySizeLimitMiddleware
 from serve_app.errors import error_body, install_error_handlers
+from serve_app.metrics import RequestObservabilityMiddleware
+from serve_app.metrics import router as metrics_router
 from serve_app.routes import health, openai_compat
 from serve_app.services import Services
 
@@ -52,6 +54,7 @@ def create_api(services: Services, extra_routers: tuple[Any, ...] = ()) -> FastA
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai_compat.router)
+    app.include_router(metrics_router)
     for router in extra_routers:
         app.include_router(router)
     # Outermost first: body size is refused before anything reads it, then the in-flight gate.
@@ -60,4 +63,6 @@ def create_api(services: Services, extra_routers: tuple[Any, ...] = ()) -> FastA
         app.add_middleware(CORSMiddleware, allow_origins=services.settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    # Outermost of all: counts, times and logs every answer, refusals above included.
+    app.add_middleware(RequestObservabilityMiddleware)
     return app

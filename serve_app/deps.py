@@ -31,6 +31,12 @@ def _authenticate(header: str | None, services: Services) -> Principal:
     return principal
 
 
+def _remember(request: Request, principal: Principal) -> Principal:
+    """Keep the verified principal on the request, so logging and metrics never verify the token again."""
+    request.state.principal = principal
+    return principal
+
+
 def _admit(principal: Principal, services: Services) -> None:
     wait_s = services.limiter.try_acquire(principal.org_id)
     if wait_s is not None:
@@ -40,7 +46,7 @@ def _admit(principal: Principal, services: Services) -> None:
 
 
 def require_principal(request: Request, services: ServicesDep) -> Principal:
-    principal = _authenticate(request.headers.get("authorization"), services)
+    principal = _remember(request, _authenticate(request.headers.get("authorization"), services))
     _admit(principal, services)
     return principal
 
@@ -52,7 +58,7 @@ def embeddings_principal(request: Request, services: ServicesDep) -> Principal:
         principal = ANONYMOUS
     else:
         principal = _authenticate(header, services)
-    _admit(principal, services)
+    _admit(_remember(request, principal), services)
     return principal
 
 

@@ -75,7 +75,8 @@ def too_busy(message: str, retry_after_s: float = 1.0) -> ApiError:
 
 def _field_of(loc: tuple[Any, ...]) -> str | None:
     # The first element says where the value came from (body, query, path, header); the rest is the field.
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header") else [str(p) for p in loc]
+    source_named = bool(loc) and loc[0] in ("body", "query", "path", "header")
+    parts = [str(p) for p in (loc[1:] if source_named else loc)]
     return ".".join(parts) if parts else ("body" if loc and loc[0] == "body" else None)
 
 

@@ -14,6 +14,8 @@ from serve_app.api import create_api
 from serve_app.auth import TokenVerifier
 from serve_app.db.database import Database
 from serve_app.embedder_client import ServeEmbedderClient
+from serve_app.logging_setup import configure_logging
+from serve_app.metrics import MetricsSources
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
 from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.services import Services
@@ -33,6 +35,7 @@ logger = logging.getLogger("heimdex.gateway")
 @serve.ingress()
 class Gateway:
     def __init__(self, embedders: dict[str, Any], relay: Any = None) -> None:
+        configure_logging()
         settings = get_settings()
         store = StoreClient.from_settings(settings)
         self.services = Services(
@@ -45,11 +48,14 @@ class Gateway:
             db=Database(settings.resolved_database_url),
         )
         self.relay = relay
+        self.embedders = embedders
         for model in embedders:
             spec = get_model(model)
             store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
         logger.info("gateway ready; models served: %s", sorted(embedders))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.services, extra_routers=(
+        app = create_api(self.services, extra_routers=(
             vectors_search.router, vectors_write.router, jobs.router))
+        app.state.metrics_sources = MetricsSources(self.embedders, self.relay, self.services.store, self.services.db)
+        return app

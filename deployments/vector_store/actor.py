@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from deployments.metrics import StoreMetrics
 from deployments.vector_store.base import PointRecord, SearchHit, StoredPoint, Vector, VectorStoreBackend
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class VectorStoreActor:
 
     def __init__(self, settings: Settings) -> None:
         self._backend = build_backend(settings)
+        self._metrics = StoreMetrics()
 
     def ping(self) -> dict[str, Any]:
         return {"kind": self._backend.kind, "collections": self._backend.list_collections()}
@@ -62,7 +64,8 @@ class VectorStoreActor:
         return self._backend.list_aliases()
 
     def upsert(self, collection: str, tenant: str, points: list[PointRecord], wait: bool = True) -> int:
-        return self._backend.upsert(collection, tenant, points, wait)
+        with self._metrics.timed("upsert"):
+            return self._backend.upsert(collection, tenant, points, wait)
 
     def search(
         self,
@@ -74,12 +77,18 @@ class VectorStoreActor:
         score_threshold: float | None = None,
         with_payload: bool | list[str] = True,
     ) -> list[SearchHit]:
-        return self._backend.search(
-            collection, tenant, vector, limit, asset_id, score_threshold, with_payload
-        )
+        with self._metrics.timed("search"):
+            return self._backend.search(
+                collection, tenant, vector, limit, asset_id, score_threshold, with_payload
+            )
 
     def search_batch(self, collection: str, requests: list[dict[str, Any]]) -> list[list[SearchHit]]:
-        return self._backend.search_batch(collection, requests)
+        with self._metrics.timed("search_batch"):
+            return self._backend.search_batch(collection, requests)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Per-operation latency histograms for the Gateway's ``/metrics`` route."""
+        return self._metrics.snapshot()
 
     def retrieve(
         self, collection: str, tenant: str, ids: list[str], with_vectors: bool = False

@@ -97,13 +97,16 @@ async def _change(services: Services, org_id: str, job_id: str,
         raise ApiError(409, "invalid_transition", str(exc), field="status") from None
 
 
-@router.post("/{job_id}/retry", response_model=JobView, responses={**ERROR_RESPONSES, 409: {"description": "Wrong state"}})
+STATE_RESPONSES = {**ERROR_RESPONSES, 409: {"description": "Wrong state"}}
+
+
+@router.post("/{job_id}/retry", response_model=JobView, responses=STATE_RESPONSES)
 async def retry_job(job_id: JobIdPath, services: ServicesDep, principal: PrincipalDep) -> JobView:
     """Queue a FAILED or DEAD_LETTER job again (a fresh outbox message, attempts reset)."""
     return await _change(services, principal.org_id, job_id, JobRepository.retry)
 
 
-@router.post("/{job_id}/cancel", response_model=JobView, responses={**ERROR_RESPONSES, 409: {"description": "Wrong state"}})
+@router.post("/{job_id}/cancel", response_model=JobView, responses=STATE_RESPONSES)
 async def cancel_job(job_id: JobIdPath, services: ServicesDep, principal: PrincipalDep) -> JobView:
     """Cancel a job that is still QUEUED."""
     return await _change(services, principal.org_id, job_id, JobRepository.cancel)

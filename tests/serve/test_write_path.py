@@ -58,7 +58,8 @@ def test_same_request_20_times_concurrently_is_one_job_and_one_point(serve_app: 
 def test_changed_text_makes_a_new_job_and_overwrites_the_point(serve_app: ServeApp) -> None:
     org, asset = unique("org-chg"), unique("asset")
     first = post(serve_app, "/vectors/embed", org, {"asset_id": asset, "segment_id": "s0", "text": "first text"}).json()
-    second = post(serve_app, "/vectors/embed", org, {"asset_id": asset, "segment_id": "s0", "text": "second text"}).json()
+    second = post(serve_app, "/vectors/embed", org,
+                  {"asset_id": asset, "segment_id": "s0", "text": "second text"}).json()
     assert first["job_id"] != second["job_id"]
     assert first["point_id"] == second["point_id"], "same segment → same deterministic point"
     for job in (first, second):
