@@ -1,0 +1,51 @@
+"""The optimised CPU backend: the model exported to ONNX with int8 weights, run by ONNX Runtime.
+
+Tokenisation is the same Rust tokenizer with the same truncation as :class:`TorchBackend`, and the
+shared chunking and normalisation in ``base.py`` are untouched, so only the forward pass differs.
+The graph is exported (and cached) by :mod:`deployments.backends.onnx_export` on first use when it
+is not already on disk; ``python -m deployments.backends.onnx_export`` does it at set-up time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployments.backends.base import EmbeddingBackend, FastTokenizer, FloatArray, IntArray, Tokenized
+from deployments.registry import ModelSpec
+
+
+class OnnxBackend(EmbeddingBackend):
+    name = "onnx-int8"
+
+    def __init__(self, spec: ModelSpec, threads: int | None = None, model_path: Path | None = None) -> None:
+        super().__init__(spec)
+        import onnxruntime as ort
+
+        from deployments.backends.onnx_export import export_onnx_int8
+
+        weights = spec.weights_dir()
+        self.model_path = model_path if model_path is not None else export_onnx_int8(spec)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session: Any = ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        self._tokenizer = FastTokenizer(weights, spec.max_tokens)
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        return self._tokenizer(texts)
+
+    def forward(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray:
+        feeds: dict[str, IntArray] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        (pooled,) = self._session.run(["sentence_embedding"], feeds)
+        return np.asarray(pooled, dtype=np.float32)

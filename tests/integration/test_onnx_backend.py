@@ -1,0 +1,180 @@
+"""The onnx-int8 backend against the fp32 torch reference, on the real packaged MiniLM model.
+
+The export (the slow part) runs once per module into a temporary cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.backends.base import EmbeddingBackend, EmbedOutput
+from deployments.registry import get_model
+
+SPEC = get_model("minilm-l6-v2")
+MIN_COSINE = 0.99
+
+_LONG_PARAGRAPH = (
+    "Heimdex embeds documents for many tenants at once. Each request is authenticated, rate limited "
+    "and routed to a replica that tokenises the text, runs the transformer and pools the token states "
+    "into one vector, which is normalised and stored in the tenant's collection for semantic search. "
+)
+
+TEXTS: list[str] = [
+    # short
+    "Hello world.",
+    "hi",
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "The cat sat on the mat.",
+    "Dogs are running in the park.",
+    "How do I reset my password?",
+    "What is the capital of France?",
+    "Paris is the capital of France.",
+    "Stock markets fell sharply on Monday.",
+    "The weather will be sunny tomorrow.",
+    "I love this product, it works great!",
+    "Terrible service, never again.",
+    "Quantum computers use qubits.",
+    "She sold seashells by the seashore.",
+    "Python 3.11 is faster than 3.10.",
+    "Please call me back at 555-0123.",
+    "Order #4821 shipped on 2024-03-15.",
+    "ok",
+    "x",
+    # punctuation and oddities
+    "?!?!",
+    "...",
+    "---- *** ----",
+    "(((nested (parentheses) everywhere)))",
+    "email: someone@example.com; url: https://example.org/a?b=c&d=e",
+    "C++ vs. C# vs. F#: which one?",
+    "$100, €85, £72 and ¥11,000",
+    "     leading and trailing spaces     ",
+    "line one\nline two\n\tindented line three",
+    "ALL CAPS SHOUTING ABOUT THE RESULTS",
+    "camelCaseIdentifiersAndSnake_case_names_in_code()",
+    "def f(x): return x ** 2  # square",
+    '{"key": "value", "list": [1, 2, 3]}',
+    "<html><body><p>Some markup</p></body></html>",
+    # unicode
+    "Café crème brûlée à la française.",
+    "Ünïcödé dïäcrïtïcs ëvërÿwhërë",
+    "東京は日本の首都です。",
+    "Москва — столица России.",
+    "مرحبا بالعالم",
+    "Γειά σου Κόσμε",  # noqa: RUF001
+    "नमस्ते दुनिया",
+    "I feel 🙂 today 🎉🎉🎉",
+    "naïve façade coöperate résumé",
+    "Straße, Maß, Fuß",
+    "😀😃😄😁😆😅😂🤣",
+    # medium
+    "The committee approved the budget after a long debate about infrastructure spending and schools.",
+    "Researchers found that regular exercise improves memory and reduces the risk of heart disease.",
+    "To install the package, run pip install followed by the package name, then import it in Python.",
+    "The train was delayed by forty minutes because of a signal failure near the central station.",
+    "A group of children are playing football on a sandy beach while their parents watch.",
+    "Machine learning models can be compressed with quantisation, pruning and knowledge distillation.",
+    # long, under the limit
+    _LONG_PARAGRAPH,
+    _LONG_PARAGRAPH * 2,
+    " ".join(f"token{i}" for i in range(60)),
+    # long, truncated at the model's 256 tokens
+    _LONG_PARAGRAPH * 6,
+    "word " * 1000,
+    " ".join(str(i) for i in range(2000)),
+    ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40).strip(),
+    "東京 " * 400,
+]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.asarray((a * b).sum(axis=1))
+
+
+pytestmark = pytest.mark.skipif(not SPEC.is_installed(), reason="minilm-l6-v2 weights not installed")
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    previous = os.environ.get("HEIMDEX_ONNX_CACHE")
+    os.environ["HEIMDEX_ONNX_CACHE"] = str(cache)
+    try:
+        yield cache
+    finally:
+        if previous is None:
+            os.environ.pop("HEIMDEX_ONNX_CACHE", None)
+        else:
+            os.environ["HEIMDEX_ONNX_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def onnx_backend(onnx_cache: Path) -> EmbeddingBackend:
+    from deployments.backends import load_backend
+
+    return load_backend(SPEC, "onnx-int8", threads=2)
+
+
+@pytest.fixture(scope="module")
+def torch_backend() -> EmbeddingBackend:
+    from deployments.backends import load_backend
+
+    return load_backend(SPEC, "torch", device="cpu", threads=2)
+
+
+@pytest.fixture(scope="module")
+def outputs(onnx_backend: EmbeddingBackend, torch_backend: EmbeddingBackend) -> tuple[EmbedOutput, EmbedOutput]:
+    return onnx_backend.embed(TEXTS), torch_backend.embed(TEXTS)
+
+
+def test_text_set_is_varied() -> None:
+    assert len(TEXTS) >= 50
+
+
+def test_export_is_cached_in_the_cache_dir(onnx_cache: Path, onnx_backend: EmbeddingBackend) -> None:
+    from deployments.backends.onnx_export import export_onnx_int8
+
+    path = onnx_cache / f"{SPEC.name}-{SPEC.version}" / "model.int8.onnx"
+    assert path.is_file()
+    mtime = path.stat().st_mtime_ns
+    assert export_onnx_int8(SPEC) == path  # present: returned as is, not re-exported
+    assert path.stat().st_mtime_ns == mtime
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".export-")]  # no temp left behind
+
+
+def test_dimension_and_normalisation(outputs: tuple[EmbedOutput, EmbedOutput]) -> None:
+    onnx_out, _ = outputs
+    assert onnx_out.vectors.shape == (len(TEXTS), 384)
+    assert onnx_out.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(onnx_out.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_same_tokens_and_truncation_as_torch(outputs: tuple[EmbedOutput, EmbedOutput]) -> None:
+    onnx_out, torch_out = outputs
+    assert onnx_out.token_counts == torch_out.token_counts
+    assert onnx_out.truncated == torch_out.truncated
+    assert any(onnx_out.truncated)
+    assert not all(onnx_out.truncated)
+    assert max(onnx_out.token_counts) == SPEC.max_tokens
+
+
+def test_cosine_to_fp32_reference(outputs: tuple[EmbedOutput, EmbedOutput]) -> None:
+    onnx_out, torch_out = outputs
+    cos = _cosines(onnx_out.vectors, torch_out.vectors)
+    worst = int(np.argmin(cos))
+    assert cos.min() >= MIN_COSINE, f"cosine {cos.min():.4f} on {TEXTS[worst][:60]!r}"
+
+
+def test_batch_composition_does_not_change_vectors(onnx_backend: EmbeddingBackend) -> None:
+    # Padding and chunking: a text alone and inside a mixed batch must embed (nearly) the same.
+    alone = np.stack([onnx_backend.embed([t]).vectors[0] for t in TEXTS[:10]])
+    together = onnx_backend.embed(TEXTS).vectors[:10]
+    assert _cosines(alone, together).min() >= 0.995
