@@ -40,6 +40,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
 
 clean: stop
