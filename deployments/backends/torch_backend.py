@@ -20,8 +20,9 @@ class TorchBackend(EmbeddingBackend):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if threads:
-            torch.set_num_threads(threads)
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1 for the Embedder), which would leave
+        # torch on one core; default to every core this process may run on.
+        torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device

@@ -1,0 +1,145 @@
+"""Bulk path throughput: the Ray Data re-embedding pipeline vs raw ``SentenceTransformer.encode``.
+
+``python -m bench.bulk [--n 4000] [--batch-size 128] [--concurrency 1] [--num-cpus C] [--json PATH]``
+
+Both sides embed the same N short texts (``bench.texts.short_texts``) with minilm-l6-v2 in one run:
+
+* bulk: ``jobs.reembed.run`` over a JSONL source into a throw-away store (its own store actor and
+  data directory), i.e. read → validate/point IDs/skip check → EmbedBatch actor pool → Qdrant sink
+  with real upserts. Its rows/s is embedded rows over the pipeline's wall time, which includes
+  starting the actor pool and loading the model there.
+* raw: the same weights in this process, ``encode(texts, batch_size=b, normalize_embeddings=True)``
+  for b in 32/64/128 (model loaded and warmed up beforehand, not timed); the best is reported.
+
+Starts its own local Ray (``ray.init(address="local")``) unless one is already initialised.
+Prints figures, never asserts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+MODEL = "minilm-l6-v2"
+RAW_BATCH_SIZES = (32, 64, 128)
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    with path.open("w") as handle:
+        for i, text in enumerate(texts):
+            org = "bench-a" if i % 2 == 0 else "bench-b"
+            handle.write(json.dumps({"org_id": org, "asset_id": f"asset-{i % 50}", "segment_id": f"seg-{i}",
+                                     "text": text}) + "\n")
+
+
+def raw_encode_rates(texts: list[str], batch_sizes: tuple[int, ...] = RAW_BATCH_SIZES) -> dict[int, float]:
+    """texts/s of plain SentenceTransformer.encode per batch size (model load and warm-up untimed)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    from deployments.registry import get_model
+
+    spec = get_model(MODEL)
+    model = SentenceTransformer(str(spec.weights_dir()), device="cpu")
+    model.max_seq_length = spec.max_tokens
+    model.encode(texts[:64], batch_size=32, normalize_embeddings=True)
+    rates: dict[int, float] = {}
+    for batch_size in batch_sizes:
+        started = time.perf_counter()
+        model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+        rates[batch_size] = len(texts) / (time.perf_counter() - started)
+    return rates
+
+
+def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: float | None) -> dict[str, Any]:
+    """Run the real re-embedding pipeline over ``texts`` into a temporary store; returns its result."""
+    import ray
+
+    from deployments.vector_store.actor import get_store
+    from jobs import reembed
+    from serve_app.settings import Settings
+
+    if not ray.is_initialized():
+        # A private temp dir, so this cluster does not become the host's "current" one that other
+        # processes' ray.init("auto") / job drivers would connect to.
+        ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False,
+                 log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="hx-bulk-"))
+    workdir = Path(tempfile.mkdtemp(prefix="heimdex-bench-bulk-"))
+    settings = Settings(data_dir=workdir / "data", store_actor_name=f"bench-bulk-{uuid.uuid4().hex[:8]}",
+                        qdrant_url=None)
+    try:
+        source = workdir / "rows.jsonl"
+        write_jsonl(source, texts)
+        argv = ["--source", f"jsonl:{source}", "--model", MODEL, "--to-version", "bench",
+                "--batch-size", str(batch_size), "--concurrency", str(concurrency), "--no-switch"]
+        argv += ["--num-cpus", f"{num_cpus if num_cpus is not None else float(os.cpu_count() or 1):g}"]
+        args = reembed.build_arg_parser().parse_args(argv)
+        started = time.perf_counter()
+        result = reembed.run(args, settings)
+        result["wall_s"] = time.perf_counter() - started
+        return result
+    finally:
+        handle: Any = get_store(settings)
+        try:
+            ray.get(handle.close.remote())
+        finally:
+            ray.kill(handle)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_bulk(n: int = 4000, batch_size: int = 128, concurrency: int = 1,
+                 num_cpus: float | None = None) -> dict[str, Any]:
+    """Pipeline rows/s next to raw encode's best rows/s on the same ``n`` texts."""
+    from bench.texts import short_texts
+
+    texts = list(short_texts(n))
+    result = bulk_rate(texts, batch_size, concurrency, num_cpus)
+    raw = raw_encode_rates(texts)
+    best_batch = max(raw, key=lambda b: raw[b])
+    bulk_per_s = result["embedded"] / result["elapsed_s"]
+    return {
+        "n": n,
+        "bulk_rows_per_s": round(bulk_per_s, 1),
+        "bulk_embedded": result["embedded"],
+        "bulk_elapsed_s": result["elapsed_s"],
+        "bulk_wall_s": round(result["wall_s"], 2),
+        "bulk_resources": result.get("resources"),
+        "raw_per_s_by_batch": {str(b): round(r, 1) for b, r in raw.items()},
+        "raw_best_per_s": round(raw[best_batch], 1),
+        "raw_best_batch": best_batch,
+        "bulk_ratio": round(bulk_per_s / raw[best_batch], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bulk", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4000, help="texts to embed")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--num-cpus", type=float, default=None, help="CPUs per embedding actor (default: all)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    figures = measure_bulk(args.n, args.batch_size, args.concurrency, args.num_cpus)
+    raw = figures["raw_per_s_by_batch"]
+    print(f"bulk pipeline: {figures['bulk_rows_per_s']:.1f} rows/s ({figures['bulk_embedded']} rows in "
+          f"{figures['bulk_elapsed_s']:.1f}s, actor start + model load included)")
+    print("raw encode:    " + ", ".join(f"batch {b}: {r:.1f}/s" for b, r in raw.items())
+          + f"  (best: batch {figures['raw_best_batch']}, {figures['raw_best_per_s']:.1f}/s)")
+    print(f"ratio bulk/raw: {figures['bulk_ratio']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        keys = ("bulk_rows_per_s", "raw_best_per_s", "raw_best_batch", "bulk_ratio")
+        args.json.write_text(json.dumps({k: figures[k] for k in keys} | {"details": figures}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""Start (or attach to) what the bench measures: one local Ray cluster with Heimdex deployed on it.
+
+:func:`local_stack` does what ``tests/conftest.py`` does for a test session, in the same order:
+
+1. set the environment *before* Ray is imported (token auth with a freshly generated token file,
+   no usage stats, offline model hub, development env, a temporary data dir, a unique store actor
+   name, and a tenant rate limit far above anything the bench sends);
+2. ``ray.init(address="local", include_dashboard=True)`` on a free loopback dashboard port;
+3. deploy ``serve_config.yaml`` (optionally with the Embedder's ``num_replicas``, ``user_config`` or
+   the app's ``args.threads`` overridden) through the dashboard REST API, as ``serve deploy`` does;
+4. wait for ``/readyz``; yield a :class:`Stack`; shut Serve and Ray down and delete the temp dir at exit.
+
+:func:`remote_stack` attaches to a service that is already running (``--url``); it can optionally
+connect to that service's Ray cluster (``--ray-address``) so the store can be seeded for the search
+figure. :func:`open_stack` picks one of the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.load import check_loopback
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = ROOT / "serve_config.yaml"
+APP_NAME = "heimdex"
+EMBEDDER = "Embedder"
+# High enough that the per-tenant token bucket never throttles the bench.
+BENCH_TENANT_RATE = "1000000"
+BENCH_TENANT_BURST = "1000000"
+
+log = logging.getLogger("bench.stack")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Poll ``/readyz`` until it answers 200; raise with the last answer on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: object = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                return body
+            last = f"{response.status_code}: {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"service at {url} not ready after {timeout_s:.0f}s; last answer: {last}")
+
+
+def with_overrides(
+    config: dict[str, Any],
+    *,
+    num_replicas: int | None = None,
+    threads: int | None = None,
+    user_config: dict[str, Any] | None = None,
+    backend: str | None = None,
+) -> dict[str, Any]:
+    """A copy of a rendered Serve config with the Embedder / app args changed for one experiment."""
+    out = copy.deepcopy(config)
+    app = next(a for a in out["applications"] if a.get("name") == APP_NAME)
+    if threads is not None or backend is not None:
+        args = app.setdefault("args", {})
+        if threads is not None:
+            args["threads"] = threads
+        if backend is not None:
+            args["backend"] = backend
+    deployments = app.setdefault("deployments", [])
+    embedder: dict[str, Any] | None = next((d for d in deployments if d.get("name") == EMBEDDER), None)
+    if embedder is None:
+        embedder = {"name": EMBEDDER}
+        deployments.append(embedder)
+    if num_replicas is not None:
+        embedder.pop("autoscaling_config", None)
+        embedder["num_replicas"] = num_replicas
+    if user_config:
+        embedder["user_config"] = {**embedder.get("user_config", {}), **user_config}
+    return out
+
+
+def embedder_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """num_replicas, threads and user_config the config gives the default Embedder."""
+    app = next(a for a in config["applications"] if a.get("name") == APP_NAME)
+    embedder: dict[str, Any] = next((d for d in app.get("deployments", []) if d.get("name") == EMBEDDER), {})
+    return {
+        "num_replicas": embedder.get("num_replicas"),
+        "threads": app.get("args", {}).get("threads"),
+        "user_config": dict(embedder.get("user_config", {})),
+    }
+
+
+@dataclass
+class Stack:
+    """What the bench talks to. ``local`` stacks own their Ray cluster; remote ones only have a URL."""
+
+    url: str
+    local: bool
+    dashboard_url: str | None = None
+    config: dict[str, Any] | None = None
+    data_dir: Path | None = None
+    ray_connected: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def redeploy(self, config: dict[str, Any], timeout_s: float = 300.0) -> None:
+        """Deploy ``config`` through the dashboard and wait until the Embedder runs it."""
+        if not self.local or self.dashboard_url is None:
+            raise RuntimeError("redeploying needs a local stack (no --url)")
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        ServeSubmissionClient(self.dashboard_url).deploy_applications(config)
+        self.config = config
+        self.wait_deployed(timeout_s)
+
+    def wait_deployed(self, timeout_s: float = 300.0) -> None:
+        """Until the app is RUNNING with exactly the configured Embedder replicas, all running the
+        configured batch settings, for three polls in a row; then ``/readyz``."""
+        from ray import serve
+
+        assert self.config is not None
+        want = embedder_settings(self.config)
+        deadline = time.monotonic() + timeout_s
+        stable = 0
+        last: object = None
+        time.sleep(1.0)  # let the controller take the new config before its status is trusted
+        while time.monotonic() < deadline and stable < 3:
+            try:
+                status = serve.status()
+                app = status.applications.get(APP_NAME)
+                ok = app is not None and str(app.status).endswith("RUNNING")
+                if ok and app is not None:
+                    dep = app.deployments.get(EMBEDDER)
+                    states = {str(k).split(".")[-1]: v for k, v in (dep.replica_states if dep else {}).items()}
+                    replicas = want["num_replicas"]
+                    ok = dep is not None and (replicas is None or states == {"RUNNING": replicas})
+                    last = (app.status, states)
+                if ok and want["user_config"]:
+                    info = self.embedder_info()
+                    ok = all(info.get(k) == v for k, v in want["user_config"].items())
+                    last = info
+            except Exception as exc:  # status calls race with the rollout; retry until the deadline
+                ok, last = False, exc
+            stable = stable + 1 if ok else 0
+            time.sleep(0.5)
+        if stable < 3:
+            raise TimeoutError(f"deployment did not settle in {timeout_s:.0f}s; last: {last}")
+        wait_ready(self.url, timeout_s)
+
+    def embedder_info(self) -> dict[str, Any]:
+        """``Embedder.info()`` of one replica (model, backend, batch settings, pid)."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle(EMBEDDER, app_name=APP_NAME)
+        info: dict[str, Any] = handle.info.remote().result(timeout_s=30)
+        return info
+
+    def batch_stats(self) -> dict[str, Any] | None:
+        """Batch-size histogram of one Embedder replica (evidence batching formed), if reachable."""
+        if not self.ray_connected:
+            return None
+        from ray import serve
+
+        try:
+            handle = serve.get_deployment_handle(EMBEDDER, app_name=APP_NAME)
+            stats: dict[str, Any] = handle.batch_stats.remote().result(timeout_s=30)
+            return stats
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def prepare_env(state_dir: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Set the environment every Ray process of the bench stack inherits. Must run before Ray is
+    imported: Ray reads its auth mode once per process."""
+    if "ray" in sys.modules:
+        log.warning("ray was imported before the bench set its environment; token auth may not apply")
+    token_path = state_dir / "ray_auth_token"
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    data_dir = state_dir / "data"
+    data_dir.mkdir()
+    env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HEIMDEX_ENV": "development",
+        "HEIMDEX_DATA_DIR": str(data_dir),
+        "HEIMDEX_STORE_ACTOR_NAME": f"heimdex-store-bench-{secrets.token_hex(4)}",
+        "HEIMDEX_TENANT_RATE_PER_S": BENCH_TENANT_RATE,
+        "HEIMDEX_TENANT_BURST": BENCH_TENANT_BURST,
+        **(extra_env or {}),
+    }
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    return env
+
+
+@contextlib.contextmanager
+def local_stack(
+    config_path: Path = SERVE_CONFIG,
+    *,
+    num_replicas: int | None = None,
+    threads: int | None = None,
+    user_config: dict[str, Any] | None = None,
+    extra_env: dict[str, str] | None = None,
+    num_cpus: int | None = None,
+    ready_timeout_s: float = 300.0,
+) -> Iterator[Stack]:
+    """A fresh local Ray cluster with Heimdex deployed from ``config_path``; torn down at exit."""
+    state = Path(tempfile.mkdtemp(prefix="heimdex-bench-"))
+    prepare_env(state, extra_env)
+    import ray
+
+    from cluster.local import render_serve_config
+
+    cores = os.cpu_count() or 1
+    dashboard_port = 0
+    attempts = 3
+    for attempt in range(attempts):  # a loaded machine can time Ray's node startup (30 s, fixed) out
+        dashboard_port = free_port()
+        try:
+            # Logical CPUs (accounting only): room for the experiments' extra 1-CPU Embedder replicas
+            # and the bulk step's Ray Data actor (which asks for every core) next to gateway and relay.
+            ray.init(address="local", num_cpus=num_cpus or max(6, cores + 4), namespace=APP_NAME,
+                     include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
+                     log_to_driver=False)
+            break
+        except Exception as exc:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                shutil.rmtree(state, ignore_errors=True)
+                raise
+            log.warning("ray.init failed (%s); retrying", exc)
+            time.sleep(5.0)
+    try:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        base = render_serve_config(config_path, "127.0.0.1", port)
+        config = with_overrides(base, num_replicas=num_replicas, threads=threads, user_config=user_config)
+        stack = Stack(url=url, local=True, dashboard_url=f"http://127.0.0.1:{dashboard_port}", config=config,
+                      data_dir=state / "data", ray_connected=True)
+        stack.redeploy(config, timeout_s=ready_timeout_s)
+        yield stack
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        except Exception as exc:  # shutting down must go on whatever failed
+            log.warning("serve.shutdown failed: %s", exc)
+        finally:
+            ray.shutdown()
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def remote_stack(url: str, ray_address: str | None = None) -> Iterator[Stack]:
+    """An already running service at ``url`` (loopback only). With ``ray_address`` the bench also
+    joins that cluster (its ``RAY_AUTH_TOKEN_PATH`` and ``HEIMDEX_*`` settings must be in the
+    environment) so it can seed the store and read batch statistics."""
+    check_loopback(url)
+    url = url.rstrip("/")
+    wait_ready(url, timeout_s=60)
+    stack = Stack(url=url, local=False)
+    if ray_address is None:
+        stack.notes.append("remote service without --ray-address: no store seeding, no batch statistics")
+        yield stack
+        return
+    import ray
+
+    ray.init(address=ray_address, namespace=APP_NAME, log_to_driver=False)
+    stack.ray_connected = True
+    try:
+        yield stack
+    finally:
+        ray.shutdown()
+
+
+def open_stack(url: str | None = None, ray_address: str | None = None, **local_kwargs: Any
+               ) -> contextlib.AbstractContextManager[Stack]:
+    """``remote_stack(url)`` when a URL is given, else a fresh ``local_stack``."""
+    if url:
+        return remote_stack(url, ray_address)
+    return local_stack(**local_kwargs)
