@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from serve_app.settings import get_settings
 
@@ -48,8 +49,8 @@ Heimdex is up.
 def cmd_down(_: argparse.Namespace) -> int:
     from cluster import local
 
-    local.stop(local.LocalCluster(STATE_DIR.resolve()))
-    print("Heimdex stopped.")
+    ended = local.stop(local.LocalCluster(STATE_DIR.resolve()))
+    print(f"Heimdex stopped ({ended} processes ended)." if ended else "Heimdex was not running.")
     return 0
 
 
@@ -58,6 +59,92 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     scopes = tuple(args.scope or ())
     print(mint_token(get_settings(), org_id=args.org, sub=args.sub, scopes=scopes, ttl_s=args.ttl))
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from cluster import jobs_client
+    from jobs.reembed import to_argv
+
+    if not args.source and not args.rollback:
+        print("heimdex reembed: --source is required (unless --rollback)", file=sys.stderr)
+        return 2
+    dashboard = args.address or jobs_client.default_dashboard_url()
+    job_args = to_argv(args)
+    submission_id = jobs_client.submit_reembed(dashboard, job_args, None, args.submission_id)
+    print(submission_id)
+    if args.follow:
+        status = jobs_client.follow(dashboard, submission_id)
+        print(f"\n{submission_id}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from cluster import jobs_client
+
+    dashboard = args.address or jobs_client.default_dashboard_url()
+    if args.follow:
+        status = jobs_client.follow(dashboard, args.submission_id)
+        print(f"\n{args.submission_id}: {status}")
+    print(json.dumps(jobs_client.job_status(dashboard, args.submission_id), indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run scripts/evaluate_models.py (quality and speed of the installed registered models)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_models.py"
+    spec = importlib.util.spec_from_file_location("heimdex_evaluate_models", script)
+    if spec is None or spec.loader is None or not script.exists():
+        print(f"{script} not found: `heimdex evaluate` runs from a source checkout", file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    forwarded = ["--runs", str(args.runs)] + (["--json", str(args.json)] if args.json else [])
+    result: int = module.main(forwarded)
+    return result
+
+
+def _local_store() -> Any:
+    """The running local cluster's vector-store actor (started by `heimdex up`), as a StoreClient."""
+    from cluster import local
+
+    cluster = local.LocalCluster(STATE_DIR.resolve())
+    env = cluster.ray_env()
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        os.environ[key] = env[key]
+    import ray
+
+    from deployments.vector_store.actor import NAMESPACE, StoreClient
+
+    ray.init(address=cluster.address, namespace=NAMESPACE, logging_level=40, log_to_driver=False)  # logging.ERROR
+    try:
+        handle = ray.get_actor(get_settings().store_actor_name, namespace=NAMESPACE)
+    except ValueError:
+        raise SystemExit("no vector store actor: is the service up (`heimdex up`)?") from None
+    return StoreClient(handle)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Create, list or restore snapshots of the embedded (edge) vector store."""
+    store: Any = _local_store()
+    if args.action == "list":
+        snapshots = store.sync.call("snapshot_list")
+        for snap in snapshots:
+            print(f"{snap['name']}\t{snap['collection']}\t{snap['created_at']}\t{snap['size']} bytes")
+        if not snapshots:
+            print("no snapshots")
+    elif args.action == "create":
+        collections = args.collection or store.sync.call("list_collections")
+        for collection in collections:
+            print(store.sync.call("snapshot_create", collection))
+    else:
+        store.sync.call("snapshot_restore", args.name)
+        print(f"restored {args.name}")
     return 0
 
 
@@ -80,6 +167,35 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", action="append", help="repeatable, e.g. --scope admin")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    from jobs.reembed import build_arg_parser as reembed_arguments
+
+    reembed = sub.add_parser("reembed", parents=[reembed_arguments(add_help=False)],
+                             help="submit a bulk re-embedding Ray Job (prints its submission id)")
+    reembed.add_argument("--address", default=None, help="Ray dashboard URL (default: the local cluster's)")
+    reembed.add_argument("--submission-id", default=None, help="Ray submission id to use")
+    reembed.add_argument("--follow", action="store_true", help="tail the job's logs until it ends")
+    reembed.set_defaults(func=cmd_reembed)
+
+    status = sub.add_parser("status", help="a submitted Ray Job's status (and re-embedding result)")
+    status.add_argument("submission_id")
+    status.add_argument("--address", default=None, help="Ray dashboard URL (default: the local cluster's)")
+    status.add_argument("--follow", action="store_true", help="tail the job's logs until it ends")
+    status.set_defaults(func=cmd_status)
+
+    evaluate = sub.add_parser("evaluate", help="compare the installed models: paraphrase quality and speed")
+    evaluate.add_argument("--runs", type=int, default=30, help="timed single-text calls per backend")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the full report here")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    snapshot = sub.add_parser("snapshot", help="snapshots of the embedded vector store (running local cluster)")
+    snapshot_sub = snapshot.add_subparsers(dest="action", required=True)
+    snap_create = snapshot_sub.add_parser("create", help="snapshot collections (default: all)")
+    snap_create.add_argument("collection", nargs="*", help="collection names or aliases")
+    snapshot_sub.add_parser("list", help="list snapshots")
+    snap_restore = snapshot_sub.add_parser("restore", help="replace a collection by a snapshot")
+    snap_restore.add_argument("name", help="snapshot name as `heimdex snapshot list` prints it")
+    snapshot.set_defaults(func=cmd_snapshot)
     return parser
 
 

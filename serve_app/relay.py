@@ -20,6 +20,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.metrics import RayMetrics
 from deployments.mock_vectors import MOCK_DIMENSION, MOCK_MODEL, MOCK_VERSION, mock_vector
 from deployments.point_ids import point_id_for
 from deployments.registry import get_model
@@ -28,12 +29,14 @@ from deployments.vector_store.actor import StoreClient
 from serve_app.db.database import Database
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.embedder_client import ServeEmbedderClient
+from serve_app.logging_setup import configure_logging, fields
 from serve_app.settings import Settings, get_settings
 
 logger = logging.getLogger("heimdex.relay")
 
 EMBED_TASK = "embed"
 TEXT_PREVIEW_CHARS = 200
+CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
 
 
 def point_payload(msg: ClaimedMessage) -> dict[str, Any]:
@@ -60,12 +63,36 @@ class RelayCore:
         self.delivered = 0
         self.failed_attempts = 0
         self.dead_letters = 0
+        self.ray_metrics = RayMetrics()
+        # Fault-injection hooks (tests only; refused in production, see arm_crash).
+        self.paused = False
+        self.crash_at: str | None = None
+        self.crash: Any = lambda: os._exit(1)  # in-process tests replace this with a raising callable
+
+    def arm_crash(self, point: str) -> None:
+        """Test hook: crash (``self.crash()``, by default ``os._exit(1)``) at ``point`` of the next
+        batch: "after_claim" (rows leased, nothing done) or "after_upsert" (points written, jobs not
+        finished). Refused in production."""
+        if self.settings.env == "production":
+            raise RuntimeError("fault injection is disabled in production")
+        if point not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {point!r}; one of {sorted(CRASH_POINTS)}")
+        self.crash_at = point
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.crash_at == point:
+            self.crash_at = None
+            logger.warning("fault injection: relay %s crashing %s", self.owner, point)
+            self.crash()
 
     async def run_once(self) -> int:
         """Claim and process one batch; returns how many messages were claimed."""
+        if self.paused:
+            return 0
         messages = await asyncio.to_thread(self.queue.claim, self.settings.relay_batch_size)
         if not messages:
             return 0
+        self._maybe_crash("after_claim")
         unknown = [m for m in messages if m.task != EMBED_TASK]
         for msg in unknown:
             await self._fail([msg], f"unknown outbox task {msg.task!r}")
@@ -107,6 +134,7 @@ class RelayCore:
                 by_tenant[p["org_id"]].append(PointRecord(pid, vectors[i], point_payload(msg)))
             for tenant, points in by_tenant.items():
                 await self.store.upsert(collection, tenant, points, wait=True)
+            self._maybe_crash("after_upsert")
             results = [(messages[i], {
                 "point_id": point_ids[messages[i].job_id], "collection": collection, "model": model,
                 "model_version": version, "vector_size": len(vectors[i]), "tokens": int(token_counts[i]),
@@ -114,16 +142,22 @@ class RelayCore:
             }) for i in keep]
             done = await asyncio.to_thread(self.queue.complete_many, results)
             self.delivered += sum(done)
+            self.ray_metrics.counter("heimdex_relay_delivered", "outbox messages delivered", sum(done), {})
         except Exception as exc:  # any failure: retry with backoff, dead-letter past max attempts
-            logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc)
+            logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc, extra=fields(
+                job_ids=[m.job_id for m in messages][:20], model=model, stage="embed_upsert", count=len(messages)))
             await self._fail(messages, f"{type(exc).__name__}: {str(exc)[:500]}")
 
     async def _fail(self, messages: list[ClaimedMessage], error: str) -> None:
         for msg in messages:
             state = await asyncio.to_thread(self.queue.fail, msg, error)
             self.failed_attempts += 1
+            self.ray_metrics.counter("heimdex_relay_failed_attempts", "relay attempts that failed", 1, {})
             if state is not None and state.value == "dead":
                 self.dead_letters += 1
+                self.ray_metrics.counter("heimdex_relay_dead_letters", "jobs sent to dead letter", 1, {})
+                logger.warning("job dead-lettered after %d attempts", msg.attempts,
+                               extra=fields(job_id=msg.job_id, stage="dead_letter", attempt=msg.attempts))
 
     def status(self) -> dict[str, Any]:
         return {"owner": self.owner, "delivered": self.delivered, "failed_attempts": self.failed_attempts,
@@ -141,6 +175,7 @@ class RelayCore:
 )
 class OutboxRelay:
     def __init__(self, embedders: dict[str, Any]) -> None:
+        configure_logging()
         settings = get_settings()
         store = StoreClient.from_settings(settings)
         store.sync.ensure_collection(MOCK_MODEL, MOCK_VERSION, MOCK_DIMENSION)
@@ -170,7 +205,22 @@ class OutboxRelay:
     async def status(self) -> dict[str, Any]:
         status = await asyncio.to_thread(self.core.status)
         status["last_error"] = self._last_error
+        self.core.ray_metrics.gauge("heimdex_outbox_lag_s", "age of the oldest due outbox message",
+                                    float(status["oldest_due_age_s"] or 0.0), {})
+        status["paused"] = self.core.paused
         return status
+
+    # Fault-injection hooks, reachable only through a deployment handle inside the Ray cluster.
+    def pause(self) -> None:
+        """Stop claiming new batches (the batch in progress finishes)."""
+        self.core.paused = True
+
+    def resume(self) -> None:
+        self.core.paused = False
+
+    def arm_crash(self, point: str) -> None:
+        """Make this replica exit at ``point`` of its next batch (see :meth:`RelayCore.arm_crash`)."""
+        self.core.arm_crash(point)
 
     def check_health(self) -> None:
         if self._task.done():

@@ -61,6 +61,8 @@ def pytest_configure(config: pytest.Config) -> None:
     data_dir.mkdir()
     _SESSION_STATE.update(state=state, token_path=token_path, data_dir=data_dir)
     os.environ.update({
+        # A loaded 2-core machine can take longer than Ray's default 30 s to register a raylet.
+        "RAY_raylet_start_wait_time_s": "180",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path),
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -86,8 +88,12 @@ def ray_cluster() -> Iterator[RayCluster]:
     data_dir = _SESSION_STATE["data_dir"]
     token_path = _SESSION_STATE["token_path"]
     dashboard_port = free_port()
+    # Our own temp dir: job drivers and `ray` CLIs resolve "the current cluster" from it, so another
+    # Ray cluster on the machine (a `make run`, a benchmark) is never mistaken for this one.
     ray.init(address="local", num_cpus=4, namespace="heimdex", include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=dashboard_port, log_to_driver=False)
+             dashboard_host="127.0.0.1", dashboard_port=dashboard_port, log_to_driver=False,
+             _temp_dir=str(_SESSION_STATE["state"] / "ray"))
+    os.environ["HEIMDEX_RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     try:
         yield RayCluster(f"http://127.0.0.1:{dashboard_port}", data_dir, token_path)
     finally:

@@ -1,0 +1,179 @@
+"""Where a re-embedding job reads its rows from, as a Ray Dataset of {org_id, asset_id, segment_id, text}.
+
+Sources are named by a URI-ish string:
+
+* ``collection:<model>`` — the points behind the model's alias (``embeddings__<model>``), e.g.
+  ``collection:mock`` for the mock → real migration; ``collection:<model>@<version>`` names one
+  physical collection. Points are scrolled tenant by tenant through the store actor, one Ray task
+  per tenant, page by page (nothing is gathered on the driver); the text comes from payload ``text``.
+* ``jsonl:<path>`` / ``parquet:<path>`` — files with those four columns, local or any fsspec path,
+  read with ``ray.data.read_json`` / ``ray.data.read_parquet``.
+
+Every source also yields ``text_issue`` (empty unless the source already knows the text is unusable,
+e.g. a non-string payload value); :func:`jobs.qdrant_sink.prepare_batch` turns it into ``error``.
+Nothing here starts Ray or touches the store at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from deployments.vector_store.base import alias_name, collection_name
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+    from ray.data import Dataset
+
+SourceKind = Literal["collection", "jsonl", "parquet"]
+ROW_COLUMNS = ("org_id", "asset_id", "segment_id", "text")
+SCROLL_PAGE = 512
+
+
+class SourceError(ValueError):
+    """A source string that cannot be parsed or resolved."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: SourceKind
+    # collection: the model and optional version; files: the path.
+    model: str | None = None
+    version: str | None = None
+    path: str | None = None
+
+    def collection_ref(self) -> str:
+        """The collection (or alias) name a collection source scrolls."""
+        if self.kind != "collection" or self.model is None:
+            raise SourceError("not a collection source")
+        return collection_name(self.model, self.version) if self.version else alias_name(self.model)
+
+    def describe(self) -> str:
+        if self.kind == "collection":
+            return f"collection:{self.model}" + (f"@{self.version}" if self.version else "")
+        return f"{self.kind}:{self.path}"
+
+
+def parse_source(source: str) -> SourceSpec:
+    """``collection:<model>[@<version>]``, ``jsonl:<path>`` or ``parquet:<path>``."""
+    kind, sep, rest = source.partition(":")
+    if not sep or not rest:
+        raise SourceError(f"source {source!r} must look like collection:<model>, jsonl:<path> or parquet:<path>")
+    if kind == "collection":
+        model, _, version = rest.partition("@")
+        if not model:
+            raise SourceError(f"source {source!r} names no model")
+        return SourceSpec("collection", model=model, version=version or None)
+    if kind in ("jsonl", "parquet"):
+        return SourceSpec(kind, path=rest)  # type: ignore[arg-type]
+    raise SourceError(f"unknown source kind {kind!r}; use collection, jsonl or parquet")
+
+
+def store_call(store: ActorHandle, method: str, *args: Any) -> Any:
+    """One blocking call on the store actor (``ray.get`` typed as Any)."""
+    import ray
+
+    ref: Any = getattr(store, method).remote(*args)
+    return ray.get(ref)
+
+
+def _text_and_issue(value: Any) -> tuple[str | None, str]:
+    """A payload text as (str or None, issue); bytes are decoded when they are valid UTF-8."""
+    if isinstance(value, str):
+        return value, ""
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8"), ""
+        except UnicodeDecodeError:
+            return None, "undecodable text (invalid UTF-8)"
+    if value is None:
+        return None, "missing text"
+    return None, f"non-string text ({type(value).__name__})"
+
+
+def scroll_tenant_pages(
+    batch: dict[str, Any], store: ActorHandle, collection: str, page_size: int = SCROLL_PAGE
+) -> Iterator[pd.DataFrame]:
+    """Ray Data generator UDF: for each tenant in ``batch``, yield its points page by page."""
+    for tenant in [str(t) for t in batch["org_id"]]:
+        offset: str | None = None
+        while True:
+            points, offset = store_call(store, "scroll", collection, tenant, page_size, offset, False)
+            if points:
+                rows: dict[str, list[Any]] = {c: [] for c in (*ROW_COLUMNS, "text_issue", "created_at")}
+                for point in points:
+                    payload = point.payload or {}
+                    text, issue = _text_and_issue(payload.get("text"))
+                    rows["org_id"].append(tenant)
+                    rows["asset_id"].append(str(payload.get("asset_id", "")))
+                    rows["segment_id"].append(str(payload.get("segment_id", "")))
+                    rows["text"].append(text)
+                    rows["text_issue"].append(issue)
+                    created = payload.get("created_at")
+                    rows["created_at"].append(created if isinstance(created, str) else "")
+                yield pd.DataFrame(rows)
+            if offset is None:
+                break
+
+
+def collection_tenants(store: ActorHandle, collection: str, orgs: list[str] | None) -> list[str]:
+    """The tenants to process: those holding points, narrowed to ``orgs`` when given."""
+    present: list[str] = store_call(store, "tenants", collection)
+    return [t for t in present if t in set(orgs)] if orgs else present
+
+
+def count_collection(store: ActorHandle, collection: str, tenants: list[str]) -> dict[str, int]:
+    return {t: int(store_call(store, "count", collection, t)) for t in tenants}
+
+
+def _add_issue_column(batch: pd.DataFrame) -> pd.DataFrame:
+    if "text_issue" not in batch.columns:
+        batch["text_issue"] = ""
+    if "created_at" not in batch.columns:
+        batch["created_at"] = ""
+    return batch
+
+
+def _keep_orgs(batch: pd.DataFrame, orgs: list[str]) -> pd.DataFrame:
+    return batch[batch["org_id"].astype(str).isin(orgs)]
+
+
+def build_dataset(
+    spec: SourceSpec,
+    store: ActorHandle | None = None,
+    orgs: list[str] | None = None,
+    tenants: list[str] | None = None,
+) -> Dataset:
+    """The source as a Ray Dataset with columns org_id, asset_id, segment_id, text, text_issue, created_at.
+
+    For a collection source ``tenants`` (from :func:`collection_tenants`) says whom to scroll.
+    """
+    import ray
+
+    if spec.kind == "collection":
+        if store is None or tenants is None:
+            raise SourceError("a collection source needs the store actor and its tenant list")
+        collection = spec.collection_ref()
+        seeds = ray.data.from_items([{"org_id": t} for t in tenants], override_num_blocks=max(1, len(tenants)))
+        scroll: Any = scroll_tenant_pages
+        return seeds.map_batches(
+            scroll,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={"store": store, "collection": collection},
+            num_cpus=0.25,
+        )
+    assert spec.path is not None
+    ds = ray.data.read_json(spec.path, lines=True) if spec.kind == "jsonl" else ray.data.read_parquet(spec.path)
+    missing = [c for c in ROW_COLUMNS if c not in (ds.columns() or [])]
+    if missing:
+        raise SourceError(f"source {spec.describe()} lacks column(s) {', '.join(missing)}")
+    add_issue: Any = _add_issue_column
+    keep_orgs: Any = _keep_orgs
+    ds = ds.map_batches(add_issue, batch_format="pandas", num_cpus=0.25)
+    if orgs:
+        ds = ds.map_batches(keep_orgs, batch_format="pandas", fn_kwargs={"orgs": list(orgs)}, num_cpus=0.25)
+    return ds
