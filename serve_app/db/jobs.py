@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -110,7 +110,7 @@ class JobRepository:
                 replay = self._idempotent_replay(org_id, idempotency_key, req_hash)
                 if replay is not None:
                     return replay
-            created = [self._create_embed_one(org_id, requested_by, segment) for segment in segments]
+            created = self._create_embed_many(org_id, requested_by, segments)
             if idempotency_key is not None:
                 replay = self._store_idempotency_key(org_id, idempotency_key, req_hash, created)
                 if replay is not None:
@@ -136,8 +136,55 @@ class JobRepository:
             )
         )
 
+    def _create_embed_many(
+        self, org_id: str, requested_by: str | None, segments: list[EmbedSegment]
+    ) -> list[CreatedJob]:
+        """The batch path: one lookup of existing keys and multi-row inserts of the new jobs, their
+        events and outbox rows. If a concurrent request inserts one of the keys first, the batch
+        falls back to the one-by-one path, which resolves each conflict on its own savepoint."""
+        if len(segments) < 2:
+            return [self._create_embed_one(org_id, requested_by, seg) for seg in segments]
+        job_keys = [self._embed_job_key(org_id, seg) for seg in segments]
+        existing = {j.job_key: j for j in self._session.scalars(select(Job).where(Job.job_key.in_(set(job_keys))))}
+        now = utcnow()
+        fresh: dict[str, tuple[Job, EmbedSegment]] = {}
+        for seg, key in zip(segments, job_keys, strict=True):
+            if key not in existing and key not in fresh:
+                job = Job(id=new_uuid(), org_id=org_id, type=EMBED_JOB_TYPE, status=JobStatus.QUEUED, stage="queued",
+                          progress=0, job_key=key, attempts=0, requested_by=requested_by, created_at=now,
+                          updated_at=now)
+                fresh[key] = (job, seg)
+        if fresh:
+            try:
+                with self._session.begin_nested():
+                    self._session.add_all(job for job, _ in fresh.values())
+                    self._session.flush()
+                    self._session.execute(insert(JobEvent), [
+                        {"job_id": job.id, "prev_status": None, "next_status": JobStatus.QUEUED.value,
+                         "stage": "queued", "message": None, "created_at": now} for job, _ in fresh.values()])
+                    self._session.execute(insert(Outbox), [
+                        {"job_id": job.id, "task": EMBED_TASK,
+                         "payload": {"org_id": org_id, **asdict(seg), "job_id": job.id},
+                         "state": OutboxState.PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now,
+                         "updated_at": now} for job, seg in fresh.values()])
+            except IntegrityError:
+                return [self._create_embed_one(org_id, requested_by, seg) for seg in segments]
+        out: list[CreatedJob] = []
+        returned: set[str] = set()
+        for key in job_keys:
+            if key in existing:
+                out.append(CreatedJob(existing[key], False))
+            else:
+                out.append(CreatedJob(fresh[key][0], key not in returned))
+                returned.add(key)
+        return out
+
+    @staticmethod
+    def _embed_job_key(org_id: str, seg: EmbedSegment) -> str:
+        return keys.make_job_key(org_id, EMBED_JOB_TYPE, seg.asset_id, seg.segment_id, seg.model, seg.text)
+
     def _create_embed_one(self, org_id: str, requested_by: str | None, seg: EmbedSegment) -> CreatedJob:
-        job_key = keys.make_job_key(org_id, EMBED_JOB_TYPE, seg.asset_id, seg.segment_id, seg.model, seg.text)
+        job_key = self._embed_job_key(org_id, seg)
 
         def payload(job_id: str) -> dict[str, Any]:
             return {"org_id": org_id, **asdict(seg)}

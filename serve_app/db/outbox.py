@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from serve_app.db.models import Job, JobStatus, Outbox, OutboxState, utcnow
+from serve_app.db.models import Job, JobEvent, JobStatus, Outbox, OutboxState, utcnow
 from serve_app.db.transitions import ALLOWED_TRANSITIONS, UPDATABLE_IN_PLACE, apply_transition
 
 
@@ -120,21 +120,29 @@ class OutboxQueue:
         return self.complete_many([(msg, result)])[0]
 
     def complete_many(self, items: list[tuple[ClaimedMessage, dict[str, Any]]]) -> list[bool]:
-        """:meth:`complete` for a batch of messages in ONE transaction (one commit, not one each)."""
+        """:meth:`complete` for a batch in ONE transaction, with set-based statements: one locking
+        read, one fenced outbox update, one job update and one event insert for the whole batch."""
+        if not items:
+            return []
+        msgs = [msg for msg, _ in items]
         with self._sessionmaker.begin() as session:
             session.connection()
             now = utcnow()
-            return [self._complete_in(session, msg, result, now) for msg, result in items]
-
-    def _complete_in(self, session: Session, msg: ClaimedMessage, result: dict[str, Any], now: datetime) -> bool:
-        job = self._locked_job(session, msg.job_id)
-        if not self._fenced_update(session, msg, state=OutboxState.DONE, lease_expires_at=None, updated_at=now):
-            return False
-        if job is None or job.status not in UPDATABLE_IN_PLACE:
-            return False
-        apply_transition(session, job, JobStatus.SUCCEEDED, stage="completed", progress=100, result=result, now=now)
-        job.attempts = msg.attempts
-        return True
+            statuses = self._lock_job_statuses(session, msgs)
+            fenced = self._fenced_update_many(session, msgs, state=OutboxState.DONE, lease_expires_at=None,
+                                              updated_at=now)
+            done = [msg.id in fenced and statuses.get(msg.job_id) in UPDATABLE_IN_PLACE for msg in msgs]
+            finishing = [(msg, result) for (msg, result), ok in zip(items, done, strict=True) if ok]
+            if finishing:
+                session.execute(update(Job), [
+                    {"id": msg.job_id, "status": JobStatus.SUCCEEDED, "stage": "completed", "progress": 100,
+                     "result": result, "attempts": msg.attempts, "updated_at": now, "finished_at": now}
+                    for msg, result in finishing])
+                session.execute(insert(JobEvent), [
+                    {"job_id": msg.job_id, "prev_status": statuses[msg.job_id],
+                     "next_status": JobStatus.SUCCEEDED.value, "stage": "completed", "message": None, "created_at": now}
+                    for msg, _ in finishing])
+            return done
 
     def mark_running(self, msg: ClaimedMessage, stage: str, progress: int) -> bool:
         """QUEUED → RUNNING (or a stage/progress update while RUNNING), and extend the lease.
@@ -142,22 +150,35 @@ class OutboxQueue:
         return self.mark_running_many([msg], stage, progress)[0]
 
     def mark_running_many(self, msgs: list[ClaimedMessage], stage: str, progress: int) -> list[bool]:
-        """:meth:`mark_running` for a batch of messages in ONE transaction."""
+        """:meth:`mark_running` for a batch in ONE transaction, with set-based statements."""
+        if not msgs:
+            return []
+        if not 0 <= progress <= 100:
+            raise ValueError(f"progress must be within 0..100, got {progress}")
         with self._sessionmaker.begin() as session:
             session.connection()
             now = utcnow()
-            return [self._mark_running_in(session, msg, stage, progress, now) for msg in msgs]
-
-    def _mark_running_in(self, session: Session, msg: ClaimedMessage, stage: str, progress: int,
-                         now: datetime) -> bool:
-        job = self._locked_job(session, msg.job_id)
-        if job is None or job.status not in UPDATABLE_IN_PLACE:
-            return False
-        if not self._fenced_update(session, msg, lease_expires_at=now + self.lease, updated_at=now):
-            return False
-        apply_transition(session, job, JobStatus.RUNNING, stage=stage, progress=progress, now=now)
-        job.attempts = msg.attempts
-        return True
+            statuses = self._lock_job_statuses(session, msgs)
+            eligible = [m for m in msgs if statuses.get(m.job_id) in UPDATABLE_IN_PLACE]
+            fenced = self._fenced_update_many(session, eligible, lease_expires_at=now + self.lease, updated_at=now)
+            alive = [m for m in eligible if m.id in fenced]
+            if alive:
+                session.execute(update(Job), [
+                    {"id": m.job_id, "status": JobStatus.RUNNING, "stage": stage, "progress": progress,
+                     "attempts": m.attempts, "updated_at": now, "finished_at": None} for m in alive])
+                session.execute(
+                    update(Job)
+                    .where(Job.id.in_([m.job_id for m in alive]), Job.started_at.is_(None))
+                    .values(started_at=now)
+                    .execution_options(synchronize_session=False))
+                started = [m for m in alive if statuses[m.job_id] == JobStatus.QUEUED]
+                if started:
+                    session.execute(insert(JobEvent), [
+                        {"job_id": m.job_id, "prev_status": JobStatus.QUEUED.value,
+                         "next_status": JobStatus.RUNNING.value, "stage": stage, "message": None, "created_at": now}
+                        for m in started])
+            alive_ids = {m.id for m in alive}
+            return [m.id in alive_ids for m in msgs]
 
     def fail(self, msg: ClaimedMessage, error: str) -> OutboxState | None:
         """Record a failed attempt. Below ``max_attempts`` the message goes back to PENDING with
@@ -245,6 +266,29 @@ class OutboxQueue:
     def _locked_job(session: Session, job_id: str) -> Job | None:
         # Job row first, outbox row second: the same lock order as JobRepository.cancel/retry.
         return session.get(Job, job_id, with_for_update=True, populate_existing=True)
+
+    @staticmethod
+    def _lock_job_statuses(session: Session, msgs: list[ClaimedMessage]) -> dict[str, JobStatus]:
+        """Lock the batch's job rows (in id order, the lock order every writer uses) and read their status."""
+        job_ids = sorted({m.job_id for m in msgs})
+        rows = session.execute(
+            select(Job.id, Job.status).where(Job.id.in_(job_ids)).order_by(Job.id).with_for_update()
+        ).all()
+        return {row.id: JobStatus(row.status) for row in rows}
+
+    def _fenced_update_many(self, session: Session, msgs: list[ClaimedMessage], **values: Any) -> set[int]:
+        """Update the messages whose claim still holds its lease; returns the ids updated."""
+        if not msgs:
+            return set()
+        held = or_(*(and_(Outbox.id == m.id, Outbox.attempts == m.attempts) for m in msgs))
+        rows = session.execute(
+            update(Outbox)
+            .where(held, Outbox.state == OutboxState.LEASED, Outbox.lease_owner == self.owner)
+            .values(**values)
+            .returning(Outbox.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        return {row.id for row in rows}
 
     def _fenced_update(self, session: Session, msg: ClaimedMessage, **values: Any) -> bool:
         """Update the message only while this claim still holds its lease."""
