@@ -35,6 +35,7 @@ from serve_app.settings import Settings, get_settings
 logger = logging.getLogger("heimdex.relay")
 
 EMBED_TASK = "embed"
+REEMBED_TASK = "reembed"
 TEXT_PREVIEW_CHARS = 200
 CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
 
@@ -93,9 +94,11 @@ class RelayCore:
         if not messages:
             return 0
         self._maybe_crash("after_claim")
-        unknown = [m for m in messages if m.task != EMBED_TASK]
+        unknown = [m for m in messages if m.task not in (EMBED_TASK, REEMBED_TASK)]
         for msg in unknown:
             await self._fail([msg], f"unknown outbox task {msg.task!r}")
+        for msg in (m for m in messages if m.task == REEMBED_TASK):
+            await self._submit_reembed(msg)
         embed = [m for m in messages if m.task == EMBED_TASK]
         if embed:
             await self._process_embed(embed)
@@ -147,6 +150,30 @@ class RelayCore:
             logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc, extra=fields(
                 job_ids=[m.job_id for m in messages][:20], model=model, stage="embed_upsert", count=len(messages)))
             await self._fail(messages, f"{type(exc).__name__}: {str(exc)[:500]}")
+
+    async def _submit_reembed(self, msg: ClaimedMessage) -> None:
+        """Hand a re-embed job to Ray Jobs. The submission id is derived from the job id, so a
+        redelivered message finds its earlier submission instead of starting a second run."""
+        from cluster import jobs_client
+
+        submission_id = f"heimdex-reembed-{msg.job_id}"
+        args = [str(a) for a in msg.payload["args"]]
+        try:
+            await asyncio.to_thread(self.queue.mark_running, msg, "submitting", 1)
+            try:
+                import ray
+
+                # Pin the driver to this cluster (a host may run several, e.g. tests beside `make run`).
+                pin = {"HEIMDEX_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+                await asyncio.to_thread(jobs_client.submit_reembed, self.settings.dashboard_url, args, msg.job_id,
+                                        submission_id, extra_env=pin)
+            except Exception as exc:
+                if "already exists" not in str(exc):
+                    raise
+            await asyncio.to_thread(self.queue.hand_off, msg, "submitted", {"submission_id": submission_id})
+        except Exception as exc:
+            logger.warning("re-embed submission for job %s failed: %s", msg.job_id, exc)
+            await self._fail([msg], f"{type(exc).__name__}: {str(exc)[:500]}")
 
     async def _fail(self, messages: list[ClaimedMessage], error: str) -> None:
         for msg in messages:

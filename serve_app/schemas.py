@@ -183,3 +183,19 @@ class JobView(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobView]
     next_cursor: str | None
+
+
+VersionName = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class ReembedRequest(BaseModel):
+    """``POST /jobs/reembed`` (admin scope): re-embed this tenant's segments as a Ray Job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Annotated[StrictStr, Field(
+        min_length=1, max_length=1024, pattern=r"^(collection:[A-Za-z0-9._-]+(@[A-Za-z0-9._-]+)?|(jsonl|parquet):\S+)$",
+        description="collection:<model>[@<version>] (e.g. collection:mock), jsonl:<path> or parquet:<path>")]
+    model: StrictStr = Field(description="Registered model to embed with.")
+    to_version: VersionName | None = Field(None, description="Target collection version; the registry's when omitted.")
+    dry_run: bool = Field(False, description="Report what would happen; write nothing.")

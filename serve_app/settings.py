@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(256, ge=1, description="Requests one gateway replica serves at once (503 past it).")
     embed_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the Embedder on a request.")
 
+    dashboard_url: str = Field("http://127.0.0.1:8265", description="Ray dashboard / job API the relay submits to.")
+
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
 
     @model_validator(mode="after")

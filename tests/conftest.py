@@ -88,6 +88,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     data_dir = _SESSION_STATE["data_dir"]
     token_path = _SESSION_STATE["token_path"]
     dashboard_port = free_port()
+    os.environ["HEIMDEX_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"  # the relay submits Ray Jobs here
     # Our own temp dir: job drivers and `ray` CLIs resolve "the current cluster" from it, so another
     # Ray cluster on the machine (a `make run`, a benchmark) is never mistaken for this one.
     ray.init(address="local", num_cpus=4, namespace="heimdex", include_dashboard=True,

@@ -144,6 +144,22 @@ class OutboxQueue:
                     for msg, _ in finishing])
             return done
 
+    def hand_off(self, msg: ClaimedMessage, stage: str, result: dict[str, Any]) -> bool:
+        """Outbox row DONE while the job stays RUNNING: the work now belongs to another system (a Ray
+        Job), which finishes the job row itself. False when the lease is lost or the job finished."""
+        with self._sessionmaker.begin() as session:
+            session.connection()
+            now = utcnow()
+            job = self._locked_job(session, msg.job_id)
+            if job is None or job.status not in UPDATABLE_IN_PLACE:
+                return False
+            if not self._fenced_update(session, msg, state=OutboxState.DONE, lease_expires_at=None, updated_at=now):
+                return False
+            apply_transition(session, job, JobStatus.RUNNING, stage=stage, result=result, now=now,
+                             message=f"handed off: {result}")
+            job.attempts = msg.attempts
+            return True
+
     def mark_running(self, msg: ClaimedMessage, stage: str, progress: int) -> bool:
         """QUEUED → RUNNING (or a stage/progress update while RUNNING), and extend the lease.
         False when the lease is lost or the job was canceled/finished: stop working on it."""

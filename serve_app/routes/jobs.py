@@ -8,13 +8,23 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
 
-from serve_app.db import InvalidCursorError, InvalidTransitionError, JobNotFoundError, JobRepository, JobStatus
-from serve_app.deps import PrincipalDep, ServicesDep
-from serve_app.errors import ApiError
+from deployments.registry import UnknownModelError, get_model
+from serve_app.db import (
+    InvalidCursorError,
+    InvalidTransitionError,
+    JobNotFoundError,
+    JobRepository,
+    JobStatus,
+    request_hash,
+)
+from serve_app.deps import AdminDep, PrincipalDep, ServicesDep
+from serve_app.errors import ApiError, json_response
 from serve_app.routes.jobs_view import job_view
 from serve_app.routes.openai_compat import ERROR_RESPONSES
-from serve_app.schemas import JobList, JobView
+from serve_app.routes.vectors_write import IdempotencyKeyHeader, check_idempotency_key
+from serve_app.schemas import JobList, JobView, ReembedRequest
 from serve_app.services import Services
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -44,6 +54,36 @@ async def _with_repo(services: Services, work: Callable[[JobRepository], _T]) ->
             return work(JobRepository(session))
 
     return await asyncio.to_thread(run)
+
+
+@router.post("/reembed", status_code=202, response_model=JobView,
+             responses={**ERROR_RESPONSES, 403: {"description": "Needs the admin scope"}})
+async def reembed(body: ReembedRequest, services: ServicesDep, principal: AdminDep,
+                  idempotency_key: IdempotencyKeyHeader = None) -> Response:
+    """Re-embed THIS tenant's segments (e.g. ``collection:mock`` → a real model) as a Ray Job.
+
+    The job and its outbox row are written in one transaction; the relay submits the Ray Job, so a
+    request is never lost between the database and Ray. The run writes and verifies the target
+    version's collection but leaves the model alias alone: switching it affects every tenant and is
+    an operator's step (``heimdex reembed``).
+    """
+    check_idempotency_key(idempotency_key)
+    try:
+        spec = get_model(body.model)
+    except UnknownModelError as exc:
+        raise ApiError(404, "model_not_found", str(exc), field="model") from None
+    args = ["--source", body.source, "--model", spec.name, "--org", principal.org_id, "--no-switch"]
+    if body.to_version:
+        args += ["--to-version", body.to_version]
+    if body.dry_run:
+        args.append("--dry-run")
+    job_key = request_hash({"org": principal.org_id, "args": args, "key": idempotency_key or str(uuid.uuid4())})
+
+    def work(repo: JobRepository) -> JobView:
+        created = repo.create_job(principal.org_id, "reembed", job_key, principal.sub, "reembed", {"args": args})
+        return job_view(created.job, repo.events(principal.org_id, created.job.id))
+
+    return json_response((await _with_repo(services, work)).model_dump(), 202)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERROR_RESPONSES)

@@ -34,7 +34,7 @@ MOCK_SUNSET = "Wed, 30 Jun 2027 00:00:00 GMT"
 IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", description="Replay-safe request key.")]
 
 
-def _check_idempotency_key(key: str | None) -> None:
+def check_idempotency_key(key: str | None) -> None:
     if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
         raise ApiError(422, "invalid_idempotency_key",
                        "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key")
@@ -85,7 +85,7 @@ def _accepted(org_id: str, segment: EmbedSegment, created: CreatedJob) -> EmbedJ
 async def embed(body: EmbedRequest, services: ServicesDep, principal: PrincipalDep,
                 idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Accept one segment: the job, its first event and its outbox row are written in one transaction."""
-    _check_idempotency_key(idempotency_key)
+    check_idempotency_key(idempotency_key)
     segment = _segment(services, body, "")
     created = await _create(services, principal.org_id, principal.sub, [segment], idempotency_key,
                             request_hash(body.model_dump()))
@@ -96,7 +96,7 @@ async def embed(body: EmbedRequest, services: ServicesDep, principal: PrincipalD
 async def embed_batch(body: EmbedBatchRequest, services: ServicesDep, principal: PrincipalDep,
                       idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Accept up to ``max_batch_segments`` segments: one job each, all in one transaction."""
-    _check_idempotency_key(idempotency_key)
+    check_idempotency_key(idempotency_key)
     limit = services.settings.max_batch_segments
     if len(body.segments) > limit:
         raise ApiError(422, "too_many_segments", f"{len(body.segments)} segments; at most {limit} per request",
@@ -115,7 +115,7 @@ async def mock(body: MockEmbedRequest, services: ServicesDep, principal: Princip
 
     Kept for the mock → real migration; it keeps working when real embeddings are switched off.
     """
-    _check_idempotency_key(idempotency_key)
+    check_idempotency_key(idempotency_key)
     text = body.text or ""
     if len(text) > services.settings.max_text_chars:
         raise ApiError(422, "text_too_long", f"text has {len(text)} characters", field="text")
