@@ -21,7 +21,6 @@ import contextlib
 import copy
 import logging
 import os
-import secrets
 import shutil
 import socket
 import sys
@@ -194,30 +193,13 @@ def prepare_env(state_dir: Path, extra_env: dict[str, str] | None = None) -> dic
     imported: Ray reads its auth mode once per process."""
     if "ray" in sys.modules:
         log.warning("ray was imported before the bench set its environment; token auth may not apply")
-    token_path = state_dir / "ray_auth_token"
-    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    data_dir = state_dir / "data"
-    data_dir.mkdir()
-    env = {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token_path),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HEIMDEX_ENV": "development",
-        "HEIMDEX_DATA_DIR": str(data_dir),
-        "HEIMDEX_STORE_ACTOR_NAME": f"heimdex-store-bench-{secrets.token_hex(4)}",
+    from cluster.local import prepare_inprocess_env
+
+    return prepare_inprocess_env(state_dir, "heimdex-store-bench", {
         "HEIMDEX_TENANT_RATE_PER_S": BENCH_TENANT_RATE,
         "HEIMDEX_TENANT_BURST": BENCH_TENANT_BURST,
         **(extra_env or {}),
-    }
-    os.environ.update(env)
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    return env
+    })
 
 
 @contextlib.contextmanager

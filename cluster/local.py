@@ -31,6 +31,42 @@ DASHBOARD_PORT = 8265
 GCS_PORT = int(os.environ.get("HEIMDEX_RAY_GCS_PORT", "6385"))
 
 
+# Environment every Heimdex Ray process gets: offline model loading, no usage stats, and room for
+# a loaded 2-core machine to register a raylet (Ray's default wait is 30 s).
+BASE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_raylet_start_wait_time_s": "180",
+}
+
+
+def prepare_inprocess_env(state_dir: Path, store_prefix: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Set up the environment of an in-process Ray cluster (test sessions, benchmarks): a fresh Ray
+    auth token, a data dir and a store actor name of its own. Call it before Ray is imported: Ray
+    reads its auth mode once per process, and every worker inherits this environment."""
+    token_path = state_dir / "ray_auth_token"
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    data_dir = state_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **BASE_ENV,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_path),
+        "HEIMDEX_ENV": "development",
+        "HEIMDEX_DATA_DIR": str(data_dir),
+        "HEIMDEX_STORE_ACTOR_NAME": f"{store_prefix}-{secrets.token_hex(4)}",
+        **(extra or {}),
+    }
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    return env
+
+
 @dataclass(frozen=True)
 class LocalCluster:
     """Where a local Heimdex cluster keeps its state."""
@@ -66,14 +102,7 @@ class LocalCluster:
     def ray_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for Ray processes and clients of this cluster."""
         env = dict(os.environ)
-        env.update({
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve()),
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        })
+        env.update({**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve())})
         env.pop("RAY_AUTH_TOKEN", None)
         env.update(extra or {})
         return env

@@ -7,7 +7,6 @@ Environment variables are set before Ray starts so every worker (replica, actor,
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -54,31 +53,16 @@ def pytest_configure(config: pytest.Config) -> None:
     """Set the environment before anything imports Ray: Ray reads its auth mode once per process."""
     import tempfile
 
+    from cluster.local import prepare_inprocess_env
+
     state = Path(tempfile.mkdtemp(prefix="heimdex-test-"))
-    token_path = state / "ray_auth_token"
-    token_path.write_text(secrets.token_hex(32))
-    data_dir = state / "data"
-    data_dir.mkdir()
-    _SESSION_STATE.update(state=state, token_path=token_path, data_dir=data_dir)
-    os.environ.update({
-        # A loaded 2-core machine can take longer than Ray's default 30 s to register a raylet.
-        "RAY_raylet_start_wait_time_s": "180",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token_path),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HEIMDEX_ENV": "development",
-        "HEIMDEX_DATA_DIR": str(data_dir),
-        "HEIMDEX_STORE_ACTOR_NAME": f"heimdex-store-test-{secrets.token_hex(4)}",
+    prepare_inprocess_env(state, "heimdex-store-test", {
         # Short leases so reclaim-after-crash tests finish quickly; batches take far less.
         "HEIMDEX_RELAY_LEASE_S": "8",
         "HEIMDEX_RELAY_BACKOFF_BASE_S": "0.2",
         "HEIMDEX_RELAY_BACKOFF_MAX_S": "2",
     })
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ.pop("RAY_AUTH_TOKEN", None)
+    _SESSION_STATE.update(state=state, token_path=state / "ray_auth_token", data_dir=state / "data")
 
 
 @pytest.fixture(scope="session")
