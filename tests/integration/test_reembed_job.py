@@ -63,11 +63,12 @@ def job_agent_is_ours() -> bool:
     import ray
 
     node: Any = ray._private.worker._global_node
-    raylets = {p.process.pid for p in node.all_processes.get("raylet", [])}
+    session_dir = str(node.get_session_dir_path())
     for conn in psutil.net_connections("tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == node.dashboard_agent_listen_port and conn.pid:
-            return psutil.Process(conn.pid).ppid() in raylets
-    return False
+            # Every process of a Ray cluster names its session directory on its command line.
+            return session_dir in " ".join(psutil.Process(conn.pid).cmdline())
+    return True  # nobody else listens there
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,10 @@ def second_node(serve_app: ServeApp, tmp_path: Path) -> Iterator[str]:
     finally:
         _stop(proc)
         _wait(lambda: all(n["NodeID"] != node_id for n in _alive_nodes()), "second node gone", 60)
+        # Scaling back to one replica may have kept the one on the node just stopped: wait until Serve
+        # has replaced it, so the tests after this one find the usual, ready app.
+        _wait(lambda: _embedder_replicas_running(1), "one running Embedder replica after the node left", 180)
+        wait_ready(serve_app.url, timeout_s=180)
 
 
 def _embedder_replicas_running(count: int) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -59,7 +60,14 @@ def _json_error(response: httpx.Response, status: int | tuple[int, ...]) -> dict
 
 
 def _still_serves(app: ServeApp) -> None:
-    assert httpx.get(f"{app.url}/readyz", timeout=30).status_code == 200
+    """The replica answers a real request, and readiness comes back (the store actor can be busy
+    for a few seconds building its HNSW index after earlier tests' writes: poll, with a deadline)."""
+    response = httpx.post(f"{app.url}/v1/embeddings", json={"input": "still serving?"}, timeout=60)
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 60
+    while (ready := httpx.get(f"{app.url}/readyz", timeout=30)).status_code != 200:
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.5)
     ok = httpx.post(f"{app.url}/v1/embeddings", json={"input": "still alive"}, headers=auth("org-hostile"), timeout=60)
     assert ok.status_code == 200, ok.text
 
