@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,12 @@ class LocalCluster:
         return env
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _bin(name: str) -> str:
     """A console script of this interpreter's environment (so Ray runs our venv's Python)."""
     candidate = Path(sys.executable).parent / name
@@ -128,7 +135,10 @@ def start_head(cluster: LocalCluster, env: dict[str, str], num_cpus: int | None 
     cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(GCS_PORT),
            "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(DASHBOARD_PORT),
            "--disable-usage-stats", "--include-dashboard", "true",
-           "--temp-dir", str(cluster.ray_temp_dir.resolve())]
+           "--temp-dir", str(cluster.ray_temp_dir.resolve()),
+           # Not the default 52365 that every `ray.init()` takes: a test session or benchmark started
+           # beside the running service would otherwise hand its Ray Jobs to this cluster's agent.
+           "--dashboard-agent-listen-port", str(_free_port())]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     result = _run(cmd, env, check=False)
