@@ -1,4 +1,4 @@
-"""Bounded load test on the real app: 1,500 embed jobs from 5 tenants plus concurrent searches.
+"""Bounded load test on the real app: 3,000 embed jobs from 5 tenants plus concurrent searches.
 
 Reports jobs accepted / succeeded / failed / lost, duplicate points and latency percentiles, and
 asserts nothing is lost or duplicated and every job succeeded. Set HEIMDEX_LOAD_REPORT=path.json to
@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.serve, pytest.mark.slow]
 
 TENANTS = 5
 BATCH = 50
-# 1,500 by default; HEIMDEX_LOAD_JOBS scales it (a multiple of 250) on a slower or busier machine.
-TOTAL = int(os.environ.get("HEIMDEX_LOAD_JOBS", "1500")) // (TENANTS * BATCH) * TENANTS * BATCH
+# 3,000 by default ("several thousand"); HEIMDEX_LOAD_JOBS scales it (a multiple of 250) on a slower or busier machine.
+TOTAL = int(os.environ.get("HEIMDEX_LOAD_JOBS", "3000")) // (TENANTS * BATCH) * TENANTS * BATCH
 BATCHES_PER_TENANT = TOTAL // (TENANTS * BATCH)
 DEADLINE_S = 90.0  # the load phase: submissions + searches + delivery
 DRAIN_S = 180.0  # then, before anything is called lost, the backlog may drain this much longer
@@ -47,7 +47,7 @@ def summary(values: list[float]) -> dict[str, float]:
             "p99_ms": round(pct(values, 99) * 1000, 1), "max_ms": round(max(values, default=0) * 1000, 1)}
 
 
-def test_load_1500_jobs_5_tenants_with_concurrent_searches(serve_app: ServeApp) -> None:
+def test_load_3000_jobs_5_tenants_with_concurrent_searches(serve_app: ServeApp) -> None:
     url = serve_app.url
     orgs = [unique(f"org-load{t}") for t in range(TENANTS)]
     accepted: dict[str, list[str]] = {org: [] for org in orgs}
