@@ -60,11 +60,18 @@ def test_two_relays_claim_200_rows_disjointly_and_exactly_once(
     overlaps: list[int] = []
     lock = threading.Lock()
     barrier = threading.Barrier(2)
+    first_claims = threading.Barrier(2, timeout=30)
 
     def relay(owner: str) -> None:
         queue = _queue(session_factory, owner)
         barrier.wait()
+        first = True
         while batch := queue.claim(7):
+            if first:
+                # Both relays hold a batch at once before either finishes one: otherwise one fast relay
+                # can drain all 200 rows while SQLite's busy handler keeps the other waiting.
+                first_claims.wait()
+                first = False
             with lock:
                 for msg in batch:
                     if msg.id in holders:
