@@ -5,6 +5,11 @@ OpenAI-style request). ``@serve.batch`` gathers concurrent calls into one batch;
 length-sorts and chunks the batch's texts so the model runs few, well-filled forward passes. The
 model runs on one dedicated thread so the replica's event loop keeps accepting calls (and forming
 the next batch) while the current one computes.
+
+Serve's batcher closes a batch on a timer whether or not the model is free, so under steady load it
+hands over many small batches that then queue behind the forward pass in progress. The
+:class:`Coalescer` merges every batch that queued up while the model was busy into the next forward
+pass: batch size follows load (one text when idle, hundreds under load) with no fixed wait.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,11 @@ logger = logging.getLogger("heimdex.embedder")
 # Defaults for user_config; serve_config.yaml overrides them and `serve deploy` changes them live.
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.004
+# Serve batches allowed past @serve.batch at once: the ones beyond the batch in the model wait in the
+# Coalescer, where they can merge, instead of behind Serve's semaphore, where they cannot.
+MAX_CONCURRENT_BATCHES = 8
+# Most texts merged into one model pass (the backend still chunks them by its token budget).
+DEFAULT_MAX_TEXTS_PER_PASS = 512
 
 
 @dataclass
@@ -85,6 +95,76 @@ class BatchStats:
         }
 
 
+@dataclass
+class _Waiting:
+    requests: list[list[str]]
+    future: asyncio.Future[list[EmbedOutput]]
+
+    @property
+    def texts(self) -> int:
+        return sum(len(texts) for texts in self.requests)
+
+
+class Coalescer:
+    """Runs model passes one at a time; everything submitted while a pass runs joins the next one.
+
+    ``submit`` may be called by any number of coroutines on one event loop. The first caller starts a
+    drain task that takes every waiting submission (up to ``max_texts_per_pass`` texts; a larger
+    single submission goes alone), runs ``embed_pass`` on the model thread, hands each caller its
+    slice, and repeats until nothing waits. A failed pass fails only the submissions in it.
+    """
+
+    def __init__(self, embed_pass: Any, executor: ThreadPoolExecutor,
+                 max_texts_per_pass: int = DEFAULT_MAX_TEXTS_PER_PASS) -> None:
+        self._embed_pass = embed_pass
+        self._executor = executor
+        self.max_texts_per_pass = max_texts_per_pass
+        self._waiting: deque[_Waiting] = deque()
+        self._drain_task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def submit(self, requests: list[list[str]]) -> list[EmbedOutput]:
+        loop = asyncio.get_running_loop()
+        item = _Waiting(requests, loop.create_future())
+        self._waiting.append(item)
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = loop.create_task(self._drain())
+        return await item.future
+
+    def _take(self) -> list[_Waiting]:
+        taken = [self._waiting.popleft()]
+        texts = taken[0].texts
+        while self._waiting and texts + self._waiting[0].texts <= self.max_texts_per_pass:
+            item = self._waiting.popleft()
+            taken.append(item)
+            texts += item.texts
+        return taken
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            taken = [item for item in self._take() if not item.future.done()]  # skip cancelled callers
+            if not taken:
+                continue
+            requests = [texts for item in taken for texts in item.requests]
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._embed_pass, requests)
+            except Exception as exc:  # the pass failed: fail its callers, keep serving the rest
+                for item in taken:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in taken:
+                end = start + len(item.requests)
+                if not item.future.done():
+                    item.future.set_result(outputs[start:end])
+                start = end
+
+
 class EmbedderCore:
     """The replica's logic without Serve: testable directly, wrapped by the deployment below."""
 
@@ -97,6 +177,7 @@ class EmbedderCore:
         self.load_seconds = time.perf_counter() - started
         # One thread owns the model: forward passes never overlap, the event loop stays free.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heimdex-model")
+        self.coalescer = Coalescer(self._embed_pass, self._executor)
         self.stats = BatchStats()
         self.metrics = EmbedderMetrics(self.spec.name)
         self.config = EmbedderConfig()
@@ -117,10 +198,14 @@ class EmbedderCore:
         }
 
     async def run_batch(self, requests: list[list[str]]) -> list[EmbedOutput]:
+        """Embed the texts of several calls; merged with other batches waiting for the model."""
+        return await self.coalescer.submit(requests)
+
+    def _embed_pass(self, requests: list[list[str]]) -> list[EmbedOutput]:
+        """One model pass over the texts of ``requests`` (on the model thread); split per call."""
         flat = [text for texts in requests for text in texts]
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        output = await loop.run_in_executor(self._executor, self.backend.embed, flat)
+        output = self.backend.embed(flat)
         tokens = sum(output.token_counts)
         self.stats.record(calls=len(requests), texts=len(flat), tokens=tokens)
         self.metrics.record_batch(len(requests), len(flat), tokens, time.perf_counter() - started)
@@ -165,7 +250,7 @@ def _node_id() -> str | None:
 
 @serve.deployment(
     name="Embedder",
-    max_ongoing_requests=64,
+    max_ongoing_requests=256,
     max_queued_requests=512,
     health_check_period_s=10,
     health_check_timeout_s=30,
@@ -196,7 +281,8 @@ class Embedder:
             self.core.metrics.leave()
         return result
 
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S)
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
+                 max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _embed_batch(self, requests: list[list[str]]) -> list[EmbedOutput]:
         return await self.core.run_batch(requests)
 
