@@ -1,4 +1,8 @@
-"""FastAPI dependencies, as ``Annotated`` aliases: the tenant comes from the token and nowhere else."""
+"""FastAPI dependencies, as ``Annotated`` aliases: the tenant comes from the token and nowhere else.
+
+Every dependency is ``async def``: none of them blocks (an HMAC check and a dict lookup), and FastAPI
+runs a plain ``def`` dependency on a worker thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from serve_app.services import Services
 ANONYMOUS = Principal(org_id="anonymous", sub="anonymous", scopes=frozenset(), token_id=None)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -45,13 +49,13 @@ def _admit(principal: Principal, services: Services) -> None:
                        headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
 
 
-def require_principal(request: Request, services: ServicesDep) -> Principal:
+async def require_principal(request: Request, services: ServicesDep) -> Principal:
     principal = _remember(request, _authenticate(request.headers.get("authorization"), services))
     _admit(principal, services)
     return principal
 
 
-def embeddings_principal(request: Request, services: ServicesDep) -> Principal:
+async def embeddings_principal(request: Request, services: ServicesDep) -> Principal:
     """A token when one is sent; anonymous callers only where the settings allow them."""
     header = request.headers.get("authorization")
     if header is None and services.settings.allows_anonymous_embeddings:
@@ -62,7 +66,7 @@ def embeddings_principal(request: Request, services: ServicesDep) -> Principal:
     return principal
 
 
-def require_admin(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
     if not principal.is_admin:
         raise ApiError(403, "admin_scope_required", "this route needs a token with the admin scope")
     return principal
