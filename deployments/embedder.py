@@ -33,11 +33,12 @@ from deployments.registry import get_model
 logger = logging.getLogger("heimdex.embedder")
 
 # Defaults for user_config; serve_config.yaml overrides them and `serve deploy` changes them live.
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.004
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0
 # Serve batches allowed past @serve.batch at once: the ones beyond the batch in the model wait in the
 # Coalescer, where they can merge, instead of behind Serve's semaphore, where they cannot.
-MAX_CONCURRENT_BATCHES = 8
+# max_batch_size x MAX_CONCURRENT_BATCHES = the Embedder's max_ongoing_requests (256).
+MAX_CONCURRENT_BATCHES = 32
 # Most texts merged into one model pass (the backend still chunks them by its token budget).
 DEFAULT_MAX_TEXTS_PER_PASS = 512
 
@@ -46,20 +47,24 @@ DEFAULT_MAX_TEXTS_PER_PASS = 512
 class EmbedderConfig:
     """The live-tunable part of an Embedder (its Serve ``user_config``)."""
 
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # calls per Serve batch
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S  # Serve's wait for a batch to fill
+    max_texts_per_pass: int = DEFAULT_MAX_TEXTS_PER_PASS  # the Coalescer's cap on one model pass
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> EmbedderConfig:
-        unknown = set(raw) - {"max_batch_size", "batch_wait_timeout_s"}
+        unknown = set(raw) - {"max_batch_size", "batch_wait_timeout_s", "max_texts_per_pass"}
         if unknown:
             raise ValueError(f"unknown Embedder user_config keys: {sorted(unknown)}")
         config = cls(
             max_batch_size=int(raw.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
             batch_wait_timeout_s=float(raw.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
+            max_texts_per_pass=int(raw.get("max_texts_per_pass", DEFAULT_MAX_TEXTS_PER_PASS)),
         )
         if config.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if not 1 <= config.max_texts_per_pass <= 65536:
+            raise ValueError("max_texts_per_pass must be within [1, 65536]")
         if not 0 <= config.batch_wait_timeout_s <= 1:
             raise ValueError("batch_wait_timeout_s must be within [0, 1]")
         return config
@@ -193,6 +198,7 @@ class EmbedderCore:
             "load_seconds": round(self.load_seconds, 3),
             "max_batch_size": self.config.max_batch_size,
             "batch_wait_timeout_s": self.config.batch_wait_timeout_s,
+            "max_texts_per_pass": self.config.max_texts_per_pass,
             "pid": os.getpid(),
             "node_id": _node_id(),
         }
@@ -269,6 +275,7 @@ class Embedder:
         config = EmbedderConfig.parse(user_config or {})
         self._embed_batch.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
         self._embed_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.core.coalescer.max_texts_per_pass = config.max_texts_per_pass
         self.core.config = config
         logger.info("embedder reconfigured: %s", config)
 

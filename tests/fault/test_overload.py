@@ -123,4 +123,4 @@ def test_embedder_queue_overflow_on_the_real_app_is_503_not_500(serve_app: Serve
         print(f"\nembedder overflow: {codes.count(200)} x 200, {codes.count(503)} x 503 of 60")
     finally:
         redeploy_and_wait(serve_app, original, "Embedder", "max_queued_requests", 512)
-    assert deployment_details(serve_app, "Embedder")["deployment_config"]["max_ongoing_requests"] == 64
+    assert deployment_details(serve_app, "Embedder")["deployment_config"]["max_ongoing_requests"] == 256

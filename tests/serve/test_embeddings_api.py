@@ -113,30 +113,34 @@ def test_batches_form_under_concurrency(serve_app: ServeApp) -> None:
 
 
 def test_reconfigure_changes_batch_size_live(serve_app: ServeApp) -> None:
+    """A redeployed user_config reaches the running replica (same pid): model passes obey the new cap."""
     pid = embedder_call("info")["pid"]
     original = serve_app.config
+    original_cap = next(d for d in original["applications"][0]["deployments"]
+                        if d["name"] == "Embedder")["user_config"]["max_texts_per_pass"]
     config = copy.deepcopy(original)
     embedder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Embedder")
-    embedder["user_config"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.05}
+    embedder["user_config"] = {"max_batch_size": 2, "batch_wait_timeout_s": 0.05, "max_texts_per_pass": 4}
     try:
         serve_app.redeploy(config)
         deadline = __import__("time").monotonic() + 60
-        while embedder_call("info")["max_batch_size"] != 4:
+        while embedder_call("info")["max_texts_per_pass"] != 4:
             assert __import__("time").monotonic() < deadline, "reconfigure never reached the replica"
             __import__("time").sleep(0.25)
+        assert embedder_call("info")["max_batch_size"] == 2
         before = embedder_call("batch_stats")["batch_sizes"]
         with ThreadPoolExecutor(max_workers=24) as pool:
             list(pool.map(lambda i: embed(serve_app, {"input": f"small batch {i}", "model": MODEL}), range(48)))
         after = embedder_call("batch_stats")["batch_sizes"]
         new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
         assert new, "no batches ran"
-        assert max(new) <= 4, f"batches larger than the new max_batch_size: {new}"
+        assert max(new) <= 4, f"model passes larger than the new max_texts_per_pass: {new}"
         assert max(new) > 1
         assert embedder_call("info")["pid"] == pid, "reconfigure restarted the replica"
     finally:
         serve_app.redeploy(original)
         deadline = __import__("time").monotonic() + 60
-        while embedder_call("info")["max_batch_size"] != 32:
+        while embedder_call("info")["max_texts_per_pass"] != original_cap:
             assert __import__("time").monotonic() < deadline
             __import__("time").sleep(0.25)
 
