@@ -38,6 +38,8 @@ EMBED_TASK = "embed"
 REEMBED_TASK = "reembed"
 TEXT_PREVIEW_CHARS = 200
 CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
+# Longest pause between two polls of an outbox that has stayed empty.
+RELAY_IDLE_POLL_MAX_S = 0.25
 
 
 def point_payload(msg: ClaimedMessage) -> dict[str, Any]:
@@ -212,22 +214,41 @@ class OutboxRelay:
         self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s), store)
         self._stopping = asyncio.Event()
         self._last_error: str | None = None
-        self._task = asyncio.get_event_loop().create_task(self._loop())
-        logger.info("outbox relay %s started", self.core.owner)
+        # Several batches in flight under a backlog: while one waits for the store to flush, the next is
+        # embedding. Each worker claims its own leased rows, exactly as separate relay replicas would.
+        # Only worker 0 polls an idle outbox; the others sleep until it finds a full batch.
+        self._backlog = asyncio.Event()
+        loop = asyncio.get_event_loop()
+        self._tasks = [loop.create_task(self._loop(worker)) for worker in range(settings.relay_concurrency)]
+        logger.info("outbox relay %s started with %d workers", self.core.owner, len(self._tasks))
 
-    async def _loop(self) -> None:
-        poll = self.core.settings.relay_poll_interval_s
+    async def _loop(self, worker: int) -> None:
+        settings = self.core.settings
+        poll = settings.relay_poll_interval_s
+        idle_rounds = 0
         while not self._stopping.is_set():
+            if worker > 0:
+                await self._backlog.wait()
             try:
                 claimed = await self.core.run_once()
                 self._last_error = None
             except Exception as exc:  # database down: keep trying, the rows stay in the outbox
                 self._last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 logger.warning("relay loop error: %s", self._last_error)
-                claimed = 0
+                self._backlog.clear()
                 await asyncio.sleep(min(5.0, poll * 20))
-            if claimed == 0:
-                await asyncio.sleep(poll)
+                continue
+            if claimed >= settings.relay_batch_size:
+                self._backlog.set()
+                idle_rounds = 0
+            elif claimed == 0:
+                self._backlog.clear()
+                if worker == 0:
+                    # An idle outbox is polled less often, up to RELAY_IDLE_POLL_MAX_S between polls.
+                    await asyncio.sleep(min(RELAY_IDLE_POLL_MAX_S, poll * 2 ** min(idle_rounds, 8)))
+                    idle_rounds += 1
+            else:
+                idle_rounds = 0
 
     async def status(self) -> dict[str, Any]:
         status = await asyncio.to_thread(self.core.status)
@@ -250,8 +271,9 @@ class OutboxRelay:
         self.core.arm_crash(point)
 
     def check_health(self) -> None:
-        if self._task.done():
-            raise RuntimeError(f"relay loop stopped: {self._task.exception()!r}")
+        for task in self._tasks:
+            if task.done():
+                raise RuntimeError(f"relay loop stopped: {task.exception()!r}")
 
     def __del__(self) -> None:
         self._stopping.set()

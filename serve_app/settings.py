@@ -26,7 +26,13 @@ class Settings(BaseSettings):
         "development", description="development allows the default JWT secret; production refuses it."
     )
     host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds to.")
-    port: int = Field(8000, ge=1, le=65535, description="Port the Serve HTTP proxy listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port clients call (see ``ingress``).")
+    ingress: Literal["direct", "proxy"] = Field(
+        "direct",
+        description="How `heimdex up` exposes the Gateway. direct: the Gateway replica serves HTTP on `port` "
+        "itself (Ray Serve's direct ingress and throughput profile; the Serve proxy moves to port+100); "
+        "proxy: Ray's HTTP proxy serves `port` and forwards to the Gateway (one more process hop).",
+    )
     data_dir: Path = Field(Path(".heimdex/data"), description="Embedded store, SQLite file, snapshots.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; defaults to a SQLite file under data_dir."
@@ -68,6 +74,7 @@ class Settings(BaseSettings):
     # Outbox relay
     relay_poll_interval_s: float = Field(0.05, gt=0)
     relay_batch_size: int = Field(64, ge=1)
+    relay_concurrency: int = Field(3, ge=1, le=32, description="Outbox batches one relay replica works on at once.")
     relay_lease_s: float = Field(30.0, gt=0)
     relay_max_attempts: int = Field(5, ge=1)
     relay_backoff_base_s: float = Field(0.5, gt=0)
