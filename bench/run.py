@@ -40,7 +40,7 @@ from bench.texts import text_set
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
 MODEL = "minilm-l6-v2"
-STEPS = ("baseline", "int8", "single", "batched", "latency", "ingest", "bulk", "search", "memory")
+STEPS = ("baseline", "int8", "single", "single_proxy", "batched", "latency", "ingest", "bulk", "search", "memory")
 
 # figure -> (comparison, goal). A figure is only compared; nothing fails on it.
 GOALS: dict[str, tuple[str, float]] = {
@@ -53,7 +53,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "search_overhead_p50_ms": ("<=", 15.0),
     "int8_speedup": (">=", 2.0),
 }
-FIGURES = (*GOALS, "peak_rss_mb")
+# Informational: the single-text load through Ray's HTTP proxy instead of the Gateway's own server.
+FIGURES = (*GOALS, "peak_rss_mb", "serve_single_ratio_via_proxy")
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ class Bench:
                                "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
                                "profile": asdict(p), "goals": {k: f"{op} {v}" for k, (op, v) in GOALS.items()}}
         started = time.perf_counter()
-        with LoadRunner() as runner, open_stack(self.args.url, self.args.ray_address) as stack:
+        with LoadRunner() as runner, open_stack(self.args.url, self.args.ray_address,
+                                                ingress=self.args.ingress) as stack:
             out["url"] = stack.url
             out["stack"] = {"local": stack.local, "notes": stack.notes,
                             "embedder": embedder_settings(stack.config) if stack.config else None}
@@ -198,6 +200,12 @@ class Bench:
                 url=url, bodies=embeddings_bodies(short, 1, 1000), concurrency=p.single_clients,
                 max_requests=p.single_requests, max_duration_s=p.single_seconds, headers=headers,
                 warmup_requests=2 * p.single_clients)))
+            if stack.proxy_url:  # direct ingress: the same load through Ray's proxy, side by side
+                self.step("single_proxy", lambda: load("single_proxy", LoadSpec(
+                    url=f"{stack.proxy_url}/v1/embeddings", bodies=embeddings_bodies(short, 1, 1000),
+                    concurrency=p.single_clients, max_requests=p.single_requests,
+                    max_duration_s=min(p.single_seconds, 15.0), headers=headers,
+                    warmup_requests=2 * p.single_clients)))
             self.step("batched", lambda: load("batched", LoadSpec(
                 url=url, bodies=embeddings_bodies(short, p.batched_texts, 60), concurrency=p.batched_clients,
                 max_requests=p.batched_requests, max_duration_s=p.batched_seconds, headers=headers,
@@ -292,6 +300,9 @@ class Bench:
             f["serve_single_ratio"] = ratio(single["items_per_s"], raw_short)
         if isinstance(batched, dict) and "items_per_s" in batched:
             f["serve_batched_ratio"] = ratio(batched["items_per_s"], raw_short)
+        via_proxy = self.raw.get("single_proxy")
+        if isinstance(via_proxy, dict) and "items_per_s" in via_proxy:
+            f["serve_single_ratio_via_proxy"] = ratio(via_proxy["items_per_s"], raw_short)
         if isinstance(latency, dict) and "p50_ms" in latency:
             f["overhead_p50_ms"] = minus(latency["p50_ms"], self.raw_single("p50_ms"))
             f["overhead_p99_ms"] = minus(latency["p99_ms"], self.raw_single("p99_ms"))
@@ -357,6 +368,7 @@ def explain(result: dict[str, Any]) -> dict[str, str]:
 
     lines = {
         "serve_single_ratio": why("single", f"{_load_line(raw.get('single'))} / {raw_tp}"),
+        "serve_single_ratio_via_proxy": why("single_proxy", f"{_load_line(raw.get('single_proxy'))} / {raw_tp}"),
         "serve_batched_ratio": why("batched", f"{_load_line(raw.get('batched'))} / {raw_tp}"),
     }
     lat = raw.get("latency") or {}
@@ -427,6 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", default=None, help="benchmark a service already running at this loopback URL")
     parser.add_argument("--ray-address", default=None,
                         help="with --url: the service's Ray cluster (to seed the store for the search step)")
+    parser.add_argument("--ingress", choices=("direct", "proxy"), default="direct",
+                        help="how the local stack exposes the Gateway (as HEIMDEX_INGRESS for heimdex up)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results ({DEFAULT_JSON})")
     parser.add_argument("--ingest-texts", choices=("short", "long"), default="short",
                         help="text set for the ingest segments (its raw throughput is the denominator)")

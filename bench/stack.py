@@ -52,6 +52,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(span: int, also: int) -> int:
+    """A port ``p`` with ``p .. p+span`` and ``p+also`` all free (direct ingress and the proxy)."""
+    for _ in range(200):
+        port = free_port()
+        if port + also < 65535 and all(_port_free(p) for p in (*range(port, port + span + 1), port + also)):
+            return port
+    raise RuntimeError("no free block of loopback ports found")
+
+
 def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
     """Poll ``/readyz`` until it answers 200; raise with the last answer on timeout."""
     deadline = time.monotonic() + timeout_s
@@ -116,6 +134,7 @@ class Stack:
 
     url: str
     local: bool
+    proxy_url: str | None = None  # Ray's HTTP proxy, where it is not ``url`` (direct ingress)
     dashboard_url: str | None = None
     config: dict[str, Any] | None = None
     data_dir: Path | None = None
@@ -212,13 +231,16 @@ def local_stack(
     extra_env: dict[str, str] | None = None,
     num_cpus: int | None = None,
     ready_timeout_s: float = 300.0,
+    ingress: str = "direct",
 ) -> Iterator[Stack]:
-    """A fresh local Ray cluster with Heimdex deployed from ``config_path``; torn down at exit."""
-    state = Path(tempfile.mkdtemp(prefix="heimdex-bench-"))
-    prepare_env(state, extra_env)
-    import ray
+    """A fresh local Ray cluster with Heimdex deployed from ``config_path``; torn down at exit.
+    ``ingress`` is what ``heimdex up`` uses by default (see :func:`cluster.local.ingress_env`)."""
+    from cluster.local import DIRECT_INGRESS_PORTS, PROXY_PORT_OFFSET, ingress_env, render_serve_config
 
-    from cluster.local import render_serve_config
+    state = Path(tempfile.mkdtemp(prefix="heimdex-bench-"))
+    port = free_port_block(DIRECT_INGRESS_PORTS, PROXY_PORT_OFFSET)
+    prepare_env(state, {**ingress_env(ingress, port), **(extra_env or {})})
+    import ray
 
     cores = os.cpu_count() or 1
     dashboard_port = 0
@@ -240,11 +262,12 @@ def local_stack(
             log.warning("ray.init failed (%s); retrying", exc)
             time.sleep(5.0)
     try:
-        port = free_port()
         url = f"http://127.0.0.1:{port}"
-        base = render_serve_config(config_path, "127.0.0.1", port)
+        base = render_serve_config(config_path, "127.0.0.1", port, ingress)
         config = with_overrides(base, num_replicas=num_replicas, threads=threads, user_config=user_config)
-        stack = Stack(url=url, local=True, dashboard_url=f"http://127.0.0.1:{dashboard_port}", config=config,
+        proxy_port = base["http_options"]["port"]
+        stack = Stack(url=url, local=True, proxy_url=f"http://127.0.0.1:{proxy_port}" if proxy_port != port else None,
+                      dashboard_url=f"http://127.0.0.1:{dashboard_port}", config=config,
                       data_dir=state / "data", ray_connected=True)
         stack.redeploy(config, timeout_s=ready_timeout_s)
         yield stack

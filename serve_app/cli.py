@@ -21,13 +21,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     cluster.ensure_token()
-    env = cluster.ray_env({"HEIMDEX_DATA_DIR": str(data_dir)})
+    env = cluster.ray_env({"HEIMDEX_DATA_DIR": str(data_dir), **local.ingress_env(settings.ingress, settings.port)})
     if local.is_running(cluster):
         print("Ray is already running; redeploying the app.")
     else:
         print("Starting a local Ray head (dashboard on 127.0.0.1:8265, token auth)...")
         local.start_head(cluster, env, num_cpus=args.num_cpus)
-    config = local.render_serve_config(Path(args.config), settings.host, settings.port)
+    config = local.render_serve_config(Path(args.config), settings.host, settings.port, settings.ingress)
     print(f"Deploying {args.config} ...")
     local.deploy(cluster, config, env)
     url = f"http://{settings.host}:{settings.port}"
@@ -35,7 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     ready = local.wait_ready(url, timeout_s=args.timeout)
     print(f"""
 Heimdex is up.
-  API:        {url}    (OpenAPI docs: {url}/docs)
+  API:        {url}    (OpenAPI docs: {url}/docs; ingress: {settings.ingress})
   Readiness:  {ready}
   Dashboard:  {cluster.dashboard_url}  (Ray token: {cluster.token_path})
   Token:      heimdex token --org my-org --sub me
