@@ -185,6 +185,11 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
+class JobCounts(BaseModel):
+    counts: dict[str, int] = Field(description="This tenant's jobs per status, every status listed.")
+    total: int
+
+
 VersionName = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
 

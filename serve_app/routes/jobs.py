@@ -24,7 +24,7 @@ from serve_app.errors import ApiError, json_response
 from serve_app.routes.jobs_view import job_view
 from serve_app.routes.openai_compat import ERROR_RESPONSES
 from serve_app.routes.vectors_write import IdempotencyKeyHeader, check_idempotency_key
-from serve_app.schemas import JobList, JobView, ReembedRequest
+from serve_app.schemas import JobCounts, JobList, JobView, ReembedRequest
 from serve_app.services import Services
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -84,6 +84,13 @@ async def reembed(body: ReembedRequest, services: ServicesDep, principal: AdminD
         return job_view(created.job, repo.events(principal.org_id, created.job.id))
 
     return json_response((await _with_repo(services, work)).model_dump(), 202)
+
+
+@router.get("/counts", response_model=JobCounts, responses=ERROR_RESPONSES)
+async def count_jobs(services: ServicesDep, principal: PrincipalDep) -> JobCounts:
+    """How many of this tenant's jobs are in each status: one request to follow a large ingest."""
+    counts = await _with_repo(services, lambda repo: repo.count_by_status(principal.org_id))
+    return JobCounts(counts=counts, total=sum(counts.values()))
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERROR_RESPONSES)

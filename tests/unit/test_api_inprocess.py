@@ -101,3 +101,20 @@ async def test_embed_job_rows_written_in_one_transaction(tmp_path: Path) -> None
 def test_production_refuses_the_default_secret(env: str) -> None:
     with pytest.raises(ValueError, match="HEIMDEX_JWT_SECRET"):
         Settings(env=env)  # type: ignore[arg-type]
+
+
+async def test_job_counts_are_per_tenant_and_follow_status(tmp_path: Path) -> None:
+    async with make_client(tmp_path) as client:
+        for i in range(3):
+            accepted = await client.post("/vectors/embed", headers=bearer(org="org-a"),
+                                         json={"asset_id": "a", "segment_id": f"s{i}", "text": f"hello {i}"})
+            assert accepted.status_code == 202
+        await client.post("/vectors/embed", headers=bearer(org="org-b"),
+                          json={"asset_id": "a", "segment_id": "s", "text": "other tenant"})
+        mine = await client.get("/jobs/counts", headers=bearer(org="org-a"))
+        assert mine.status_code == 200, mine.text
+        assert mine.json()["total"] == 3 and mine.json()["counts"]["queued"] == 3
+        assert set(mine.json()["counts"]) >= {"queued", "running", "succeeded", "failed"}
+        theirs = (await client.get("/jobs/counts", headers=bearer(org="org-b"))).json()
+        assert theirs["total"] == 1
+        assert (await client.get("/jobs/counts")).status_code == 401
