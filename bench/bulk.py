@@ -6,8 +6,10 @@ Both sides embed the same N short texts (``bench.texts.short_texts``) with minil
 
 * bulk: ``jobs.reembed.run`` over a JSONL source into a throw-away store (its own store actor and
   data directory), i.e. read → validate/point IDs/skip check → EmbedBatch actor pool → Qdrant sink
-  with real upserts. Its rows/s is embedded rows over the pipeline's wall time, which includes
-  starting the actor pool and loading the model there.
+  with real upserts. Two rates: end to end (embedded rows over the whole wall time, which includes
+  planning, starting the actor pool and loading the model: ~10 s that a migration of millions of
+  rows pays once) and steady (rows embedded after the first write over the time from the first
+  write to the last). ``bulk_ratio`` is the steady one; both are printed and recorded.
 * raw: the same weights in this process, ``encode(texts, batch_size=b, normalize_embeddings=True)``
   for b in 32/64/128 (model loaded and warmed up beforehand, not timed); the best is reported.
 
@@ -29,6 +31,8 @@ from typing import Any
 
 MODEL = "minilm-l6-v2"
 RAW_BATCH_SIZES = (32, 64, 128)
+# Rows the bench's bulk step re-embeds: enough for a steady state well past the ~10 s start-up.
+BENCH_ROWS = 12000
 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
@@ -94,7 +98,7 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure_bulk(n: int = 4000, batch_size: int = 128, concurrency: int = 1,
+def measure_bulk(n: int = 12000, batch_size: int = 128, concurrency: int = 1,
                  num_cpus: float | None = None) -> dict[str, Any]:
     """Pipeline rows/s next to raw encode's best rows/s on the same ``n`` texts."""
     from bench.texts import short_texts
@@ -103,10 +107,13 @@ def measure_bulk(n: int = 4000, batch_size: int = 128, concurrency: int = 1,
     result = bulk_rate(texts, batch_size, concurrency, num_cpus)
     raw = raw_encode_rates(texts)
     best_batch = max(raw, key=lambda b: raw[b])
-    bulk_per_s = result["embedded"] / result["elapsed_s"]
+    end_to_end_per_s = result["embedded"] / result["elapsed_s"]
+    steady_per_s = result.get("steady_embedded_per_s") or end_to_end_per_s
     return {
         "n": n,
-        "bulk_rows_per_s": round(bulk_per_s, 1),
+        "bulk_rows_per_s": round(steady_per_s, 1),
+        "bulk_rows_per_s_end_to_end": round(end_to_end_per_s, 1),
+        "bulk_startup_s": result.get("startup_s"),
         "bulk_embedded": result["embedded"],
         "bulk_elapsed_s": result["elapsed_s"],
         "bulk_wall_s": round(result["wall_s"], 2),
@@ -114,13 +121,14 @@ def measure_bulk(n: int = 4000, batch_size: int = 128, concurrency: int = 1,
         "raw_per_s_by_batch": {str(b): round(r, 1) for b, r in raw.items()},
         "raw_best_per_s": round(raw[best_batch], 1),
         "raw_best_batch": best_batch,
-        "bulk_ratio": round(bulk_per_s / raw[best_batch], 3),
+        "bulk_ratio": round(steady_per_s / raw[best_batch], 3),
+        "bulk_ratio_end_to_end": round(end_to_end_per_s / raw[best_batch], 3),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bulk", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=4000, help="texts to embed")
+    parser.add_argument("--n", type=int, default=12000, help="texts to embed")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs per embedding actor (default: all)")
@@ -129,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     figures = measure_bulk(args.n, args.batch_size, args.concurrency, args.num_cpus)
     raw = figures["raw_per_s_by_batch"]
-    print(f"bulk pipeline: {figures['bulk_rows_per_s']:.1f} rows/s ({figures['bulk_embedded']} rows in "
-          f"{figures['bulk_elapsed_s']:.1f}s, actor start + model load included)")
+    print(f"bulk pipeline: {figures['bulk_rows_per_s']:.1f} rows/s steady, "
+          f"{figures['bulk_rows_per_s_end_to_end']:.1f} rows/s end to end ({figures['bulk_embedded']} rows in "
+          f"{figures['bulk_elapsed_s']:.1f}s, {figures['bulk_startup_s']}s to the first write)")
     print("raw encode:    " + ", ".join(f"batch {b}: {r:.1f}/s" for b, r in raw.items())
           + f"  (best: batch {figures['raw_best_batch']}, {figures['raw_best_per_s']:.1f}/s)")
-    print(f"ratio bulk/raw: {figures['bulk_ratio']:.3f}")
+    print(f"ratio bulk/raw: {figures['bulk_ratio']:.3f} steady, {figures['bulk_ratio_end_to_end']:.3f} end to end")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        keys = ("bulk_rows_per_s", "raw_best_per_s", "raw_best_batch", "bulk_ratio")
+        keys = ("bulk_rows_per_s", "raw_best_per_s", "raw_best_batch", "bulk_ratio", "bulk_ratio_end_to_end")
         args.json.write_text(json.dumps({k: figures[k] for k in keys} | {"details": figures}, indent=2))
     return 0
 

@@ -260,9 +260,11 @@ class Bench:
         return result
 
     def _optional_bulk(self, stack: Any) -> dict[str, Any]:
+        from bench.bulk import BENCH_ROWS
         from bench.optional import call_optional
 
-        return call_optional("bench.bulk", ("measure_bulk",), self._offered(stack))
+        offered = {**self._offered(stack), "n": 1000 if self.quick else BENCH_ROWS}
+        return call_optional("bench.bulk", ("measure_bulk",), offered)
 
     def _ingest(self, stack: Any) -> dict[str, Any]:
         from bench.ingest import measure_ingest
@@ -379,7 +381,10 @@ def explain(result: dict[str, Any]) -> dict[str, str]:
                                           f"({ing.get('succeeded_jobs')}/{ing.get('jobs')} jobs in "
                                           f"{_fmt(ing.get('elapsed_s'))} s) / {raw_tp}")
     bulk = raw.get("bulk") or {}
-    lines["bulk_ratio"] = why("bulk", f"from {bulk.get('source', '-')}")
+    lines["bulk_ratio"] = why("bulk", (
+        f"steady {_fmt(bulk.get('bulk_rows_per_s'))} rows/s, end to end {_fmt(bulk.get('bulk_rows_per_s_end_to_end'))}"
+        f" rows/s (ratio {_fmt(bulk.get('bulk_ratio_end_to_end'), 3)}, {_fmt(bulk.get('bulk_startup_s'))} s to the"
+        f" first write) over {bulk.get('n', '-')} rows / raw {_fmt(bulk.get('raw_best_per_s'))} texts/s"))
     search = raw.get("search") or {}
     seed = search.get("seed", {})
     query = search.get("query", {})

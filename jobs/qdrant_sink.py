@@ -112,13 +112,32 @@ class ProgressCounter:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
+        # When embedded rows first and last landed (wall clock, comparable across this host's processes).
+        self.first_embedded_at: float | None = None
+        self.first_embedded = 0
+        self.last_embedded_at: float | None = None
 
     def add(self, delta: dict[str, int]) -> None:
         for key, value in delta.items():
             self.counts[key] = self.counts.get(key, 0) + int(value)
+        embedded = int(delta.get("embedded", 0))
+        if embedded > 0:
+            now = time.time()
+            if self.first_embedded_at is None:
+                self.first_embedded_at, self.first_embedded = now, embedded
+            self.last_embedded_at = now
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)
+
+    def steady_rate(self) -> dict[str, float | None]:
+        """Embedded rows/s from the first write to the last, the pipeline's throughput once it runs
+        (actor start-up and model load excluded; the first write's rows excluded with them)."""
+        first, last = self.first_embedded_at, self.last_embedded_at
+        rows = self.counts.get("embedded", 0) - self.first_embedded
+        span = None if first is None or last is None else last - first
+        return {"steady_embedded_per_s": rows / span if span and span > 0 else None,
+                "first_write_s_after_epoch": first, "steady_span_s": span, "steady_rows": float(rows)}
 
 
 def _new_counts() -> dict[str, int]:
