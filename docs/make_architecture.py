@@ -8,9 +8,9 @@ from xml.sax.saxutils import escape
 # name: (x, y, width, height, title, subtitle, fill)
 BOXES: dict[str, tuple[int, int, int, int, str, str, str]] = {
     "client": (20, 40, 150, 56, "HTTP client", "JWT bearer token", "#eeeeee"),
-    "proxy": (210, 40, 150, 56, "Serve proxy", "X-Request-ID", "#dde8f6"),
+    "proxy": (210, 110, 150, 56, "Serve proxy", "HEIMDEX_INGRESS=proxy", "#dde8f6"),
     "gateway": (400, 30, 220, 76, "Gateway (serve_app/)", "FastAPI: auth, tenancy, /metrics", "#cfe0f5"),
-    "embedder": (700, 20, 230, 60, "Embedder replicas", "deployments/embedder.py @serve.batch", "#d8f0d8"),
+    "embedder": (700, 20, 230, 60, "Embedder replicas", "@serve.batch + Coalescer", "#d8f0d8"),
     "store": (700, 130, 230, 60, "VectorStore actor", "deployments/vector_store (edge|server)", "#f6e7c8"),
     "sql": (400, 170, 220, 56, "SQL: jobs + outbox", "serve_app/db (one transaction)", "#f2dada"),
     "relay": (400, 270, 220, 60, "OutboxRelay", "serve_app/relay.py (leases, retries)", "#ead8f2"),
@@ -21,6 +21,7 @@ BOXES: dict[str, tuple[int, int, int, int, str, str, str]] = {
 }
 # (from, to, label)
 ARROWS: list[tuple[str, str, str]] = [
+    ("client", "gateway", "direct ingress"),
     ("client", "proxy", ""),
     ("proxy", "gateway", ""),
     ("gateway", "embedder", "1: embed (online)"),
