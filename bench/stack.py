@@ -239,8 +239,14 @@ def local_stack(
 
     state = Path(tempfile.mkdtemp(prefix="heimdex-bench-"))
     port = free_port_block(DIRECT_INGRESS_PORTS, PROXY_PORT_OFFSET)
-    prepare_env(state, {**ingress_env(ingress, port), **(extra_env or {})})
+    prepare_env(state, extra_env)
+    # The Ray processes started below inherit the ingress flags; this driver reads Serve's constants
+    # first, without them: the throughput profile runs handle routers on the caller's event loop, and
+    # the bench calls handles from plain threads.
     import ray
+    import ray.serve._private.constants
+
+    os.environ.update(ingress_env(ingress, port))
 
     cores = os.cpu_count() or 1
     dashboard_port = 0
