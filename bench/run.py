@@ -6,15 +6,16 @@ behind them, and writes ``bench/results/latest.json`` (``--json PATH`` to change
 
 0. ``baseline``: raw ``SentenceTransformer.encode`` in this process (torch threads = cores, service
    idle): best-batch-size throughput on SHORT and LONG texts, single-text latency p50/p99;
-1. ``single``: 32 concurrent clients, one short text per request: texts/s ÷ raw short texts/s;
+1. ``single``: 32 concurrent clients, one short text per request: texts/s ÷ raw short texts/s
+   (``single_proxy``: the same through Ray's proxy, when the stack serves the Gateway directly);
 2. ``batched``: 4 concurrent clients, 32 short texts per request: texts/s ÷ raw short texts/s;
 3. ``latency``: one client, one text: p50/p99 minus the raw single-text p50/p99;
 4. ``ingest``: segments/s from ``POST /vectors/embed:batch`` to all jobs succeeded ÷ raw texts/s;
-5. ``bulk``: ``bench.bulk.measure_bulk`` if that module exists;
+5. ``bulk``: ``bench.bulk.measure_bulk`` (12,000 rows; steady and end-to-end rates);
 6. ``search``: ``POST /vectors/search`` p50 at 100,000 stored points (10 tenants x 10,000) minus the
    raw single-text p50;
-7. ``memory``: peak summed RSS of the stack's Ray processes, sampled through the whole run;
-   ``int8``: ``bench.backends`` (ONNX int8 vs torch) if that module exists.
+7. ``int8``: ``bench.backends`` (ONNX int8 vs torch), last: it loads models into this process;
+8. ``memory``: peak summed RSS of the stack's Ray processes, sampled through the whole run.
 
 Every step is bounded in requests and in time; a step that fails or is unavailable is recorded as
 null with the reason, and the run goes on. Benchmarks print figures and compare them with the goals;
