@@ -222,12 +222,18 @@ def cluster_processes(cluster: LocalCluster) -> list[Any]:
     import psutil
 
     marker = str(cluster.ray_temp_dir.resolve())
-    found = []
+    found: dict[int, Any] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
         if marker in cmdline and proc.pid != os.getpid():
-            found.append(proc)
-    return found
+            found[proc.pid] = proc
+            # Ray's agents rename themselves (ray::DashboardAgent, ...): their command line no longer
+            # names the temp dir, but they are the raylet's children.
+            with contextlib.suppress(psutil.Error):
+                for child in proc.children(recursive=True):
+                    if child.pid != os.getpid():
+                        found[child.pid] = child
+    return list(found.values())
 
 
 def stop(cluster: LocalCluster, grace_s: float = 15.0) -> int:
