@@ -49,7 +49,8 @@ class LocalHistogram:
                     "count": self._count}
 
 
-def _in_serve_replica() -> bool:
+def in_serve_replica() -> bool:
+    """True inside a Ray Serve replica (Serve importable and a replica context set)."""
     try:
         from ray.serve import context
 
@@ -59,7 +60,7 @@ def _in_serve_replica() -> bool:
 
 
 def _ray_metrics_module() -> Any:
-    if _in_serve_replica():
+    if in_serve_replica():
         import ray.serve.metrics as serve_metrics
 
         return serve_metrics

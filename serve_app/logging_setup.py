@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from deployments.metrics import in_serve_replica
+
 SERVE_LOGGER = "ray.serve"
 HEIMDEX_LOGGER = "heimdex"
 PREVIEW_CHARS = 40
@@ -34,22 +36,13 @@ class _ToServeLogger(logging.Handler):
         logging.getLogger(SERVE_LOGGER).handle(record)
 
 
-def _in_serve_replica() -> bool:
-    try:
-        from ray.serve import context
-
-        return context._get_internal_replica_context() is not None
-    except Exception:  # pragma: no cover - Serve not importable
-        return False
-
-
 def configure_logging() -> None:
     """Route ``heimdex.*`` logs through Serve's structured logger; call once per replica at start.
 
     Outside a Serve replica (CLI, tests, Ray jobs) it leaves logging alone.
     """
     global _configured
-    if _configured or not _in_serve_replica():
+    if _configured or not in_serve_replica():
         return
     heimdex = logging.getLogger(HEIMDEX_LOGGER)
     heimdex.addHandler(_ToServeLogger())

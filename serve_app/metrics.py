@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.metrics import LATENCY_BUCKETS_S, RayMetrics
+from deployments.metrics import LATENCY_BUCKETS_S, RayMetrics, in_serve_replica
 from serve_app.logging_setup import fields
 
 logger = logging.getLogger("heimdex.access")
@@ -95,15 +95,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _in_serve_replica() -> bool:
-    try:
-        from ray.serve import context
-
-        return context._get_internal_replica_context() is not None
-    except Exception:  # pragma: no cover
-        return False
-
-
 class RequestObservabilityMiddleware:
     """Outermost middleware: counts and times every request by route template and status, logs one
     structured access line (request id, tenant, route, status, duration), and outside Serve returns
@@ -111,7 +102,7 @@ class RequestObservabilityMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.add_request_id_header = not _in_serve_replica()
+        self.add_request_id_header = not in_serve_replica()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
