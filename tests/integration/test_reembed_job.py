@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -24,6 +23,7 @@ from deployments.mock_vectors import mock_vector
 from deployments.point_ids import point_id_for
 from deployments.vector_store import PointRecord, alias_name, collection_name
 from tests.conftest import ServeApp
+from tests.serve.helpers import api_vectors
 
 pytestmark = pytest.mark.serve
 
@@ -108,16 +108,6 @@ def run_job(dashboard: str, args: list[str], job_id: str | None = None,
     return dict(result)
 
 
-def online_vectors(app: ServeApp, texts: list[str]) -> np.ndarray:
-    out: list[list[float]] = []
-    for start in range(0, len(texts), 128):
-        response = httpx.post(f"{app.url}/v1/embeddings", json={"input": texts[start:start + 128], "model": MODEL},
-                              timeout=120)
-        assert response.status_code == 200, response.text
-        out.extend(item["embedding"] for item in response.json()["data"])
-    return np.asarray(out, dtype=np.float32)
-
-
 def test_mock_to_minilm_migration_matches_online_vectors(
     serve_app: ServeApp, seeded: dict[tuple[str, str], str], restore_alias: None, tmp_path: Path
 ) -> None:
@@ -173,7 +163,7 @@ def test_mock_to_minilm_migration_matches_online_vectors(
             stored[key] = point.vector
     assert len(stored) == len(sample)
     texts = [seeded[k] for k in sample]
-    online = online_vectors(serve_app, texts)
+    online = api_vectors(serve_app.url, texts)
     bulk = np.asarray([stored[k] for k in sample], dtype=np.float32)
     cosine = np.sum(online * bulk, axis=1) / (np.linalg.norm(online, axis=1) * np.linalg.norm(bulk, axis=1))
     assert float(cosine.min()) >= 0.9999, f"min cosine {cosine.min():.6f}"

@@ -34,3 +34,16 @@ def wait_job(url: str, org: str, job_id: str, timeout_s: float = 120.0) -> dict[
             return body
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} not terminal after {timeout_s}s: {body}")
+
+
+def api_vectors(url: str, texts: list[str], model: str = "minilm-l6-v2", chunk: int = 128) -> Any:
+    """``texts`` embedded through ``POST /v1/embeddings`` in chunks, as a float32 array in input order."""
+    import numpy as np
+
+    out: list[list[float]] = []
+    for start in range(0, len(texts), chunk):
+        response = httpx.post(f"{url}/v1/embeddings", json={"input": texts[start:start + chunk], "model": model},
+                              timeout=120)
+        assert response.status_code == 200, response.text
+        out.extend(item["embedding"] for item in response.json()["data"])
+    return np.asarray(out, dtype=np.float32)

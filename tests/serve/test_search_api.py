@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from deployments.point_ids import point_id_for
 from deployments.vector_store import PointRecord, alias_name
 from tests.conftest import ServeApp
 from tests.data.corpus import PARAPHRASES, distractor_sentences
+from tests.serve.helpers import api_vectors
 
 pytestmark = pytest.mark.serve
 
@@ -29,16 +29,6 @@ def auth(org: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(org)}"}
 
 
-def vectors_for(app: ServeApp, texts: list[str]) -> np.ndarray:
-    out = []
-    for start in range(0, len(texts), 128):
-        response = httpx.post(f"{app.url}/v1/embeddings", json={"input": texts[start:start + 128], "model": MODEL},
-                              timeout=120)
-        assert response.status_code == 200, response.text
-        out.extend(item["embedding"] for item in response.json()["data"])
-    return np.array(out, dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def corpus(serve_app: ServeApp) -> dict[str, Any]:
     """Tenant A: paraphrase sources + 200 distractors (asset-x / asset-y); tenant B: other 200 distractors."""
@@ -53,7 +43,7 @@ def corpus(serve_app: ServeApp) -> dict[str, Any]:
     }
     ids: dict[str, set[str]] = {}
     for org, texts in tenants.items():
-        vectors = vectors_for(serve_app, texts)
+        vectors = api_vectors(serve_app.url, texts)
         points = []
         for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
             asset = "asset-x" if i % 2 == 0 else "asset-y"
@@ -106,7 +96,7 @@ def test_unknown_tenant_gets_nothing(serve_app: ServeApp, corpus: dict[str, Any]
 
 
 def test_precomputed_vector_and_threshold(serve_app: ServeApp, corpus: dict[str, Any]) -> None:
-    vector = vectors_for(serve_app, ["fast animal leaping"])[0].tolist()
+    vector = api_vectors(serve_app.url, ["fast animal leaping"])[0].tolist()
     by_vector = search(serve_app, "search-org-a", vector=vector, limit=3).json()
     by_query = search(serve_app, "search-org-a", query="fast animal leaping", limit=3).json()
     assert [r["point_id"] for r in by_vector["results"]] == [r["point_id"] for r in by_query["results"]]
