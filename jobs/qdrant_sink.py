@@ -130,14 +130,16 @@ class ProgressCounter:
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)
 
-    def steady_rate(self) -> dict[str, float | None]:
-        """Embedded rows/s from the first write to the last, the pipeline's throughput once it runs
-        (actor start-up and model load excluded; the first write's rows excluded with them)."""
+    def steady_rate(self, started_at: float) -> dict[str, float | None]:
+        """From ``started_at`` (wall clock) to the first embedded write (``startup_s``), then embedded
+        rows/s from the first write to the last: the pipeline's throughput once it runs (actor start-up
+        and model load excluded; the first write's rows excluded with them)."""
         first, last = self.first_embedded_at, self.last_embedded_at
         rows = self.counts.get("embedded", 0) - self.first_embedded
         span = None if first is None or last is None else last - first
-        return {"steady_embedded_per_s": rows / span if span and span > 0 else None,
-                "first_write_s_after_epoch": first, "steady_span_s": span, "steady_rows": float(rows)}
+        return {"startup_s": None if first is None else first - started_at,
+                "steady_embedded_per_s": rows / span if span and span > 0 else None,
+                "steady_span_s": span, "steady_rows": float(rows)}
 
 
 def _new_counts() -> dict[str, int]:

@@ -325,9 +325,8 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
     finally:
         reporter.stop()
     elapsed = max(1e-6, time.monotonic() - started)
-    steady_ref: Any = progress.steady_rate.remote()
+    steady_ref: Any = progress.steady_rate.remote(started_wall)
     steady: dict[str, float | None] = ray.get(steady_ref, timeout=30)
-    first_write = steady.pop("first_write_s_after_epoch")
     summary = sink.summary or {"per_tenant": {}, "totals": {}, "failed_examples": []}
     totals: dict[str, int] = summary["totals"]
     per_tenant: dict[str, dict[str, int]] = summary["per_tenant"]
@@ -352,7 +351,6 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
         "rows_per_s": round(totals.get("rows", 0) / elapsed, 1),
         "embedded_per_s": round(totals.get("embedded", 0) / elapsed, 1),
         # Start-up (planning, actor pool, model load) to the first write, then the rate after it.
-        "startup_s": None if first_write is None else round(first_write - started_wall, 2),
         **{k: None if v is None else round(v, 2) for k, v in steady.items()},
         "batch_size": args.batch_size,
         "resources": None if plan is None else plan.__dict__,
