@@ -9,19 +9,32 @@ from deployments.registry import ModelSpec
 def load_backend(
     spec: ModelSpec, backend: str | None = None, device: str = "auto", threads: int | None = None
 ) -> EmbeddingBackend:
-    """Load the named backend for ``spec`` (its registry default when None). Heavy imports happen here."""
-    name = backend or spec.default_backend
+    """Load the named backend for ``spec``. Heavy imports happen here.
+
+    With ``backend`` None: the registry's default on the CPU, ``torch`` (fp16) where the model runs on CUDA.
+    """
+    name = backend or (spec.default_backend if _on_cpu(device) else "torch")
     if name not in spec.backends:
         raise ValueError(f"model {spec.name!r} has no backend {name!r}; available: {', '.join(spec.backends)}")
     if name == "torch":
         from deployments.backends.torch_backend import TorchBackend
 
         return TorchBackend(spec, device=device, threads=threads)
-    if name == "onnx-int8":
+    if name in ("onnx-fp32", "onnx-int8"):
+        if device not in ("auto", "cpu"):
+            raise ValueError(f"backend {name!r} runs on the CPU only; use backend 'torch' for device {device!r}")
         from deployments.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(spec, threads=threads)
+        return OnnxBackend(spec, threads=threads, precision="int8" if name == "onnx-int8" else "fp32")
     raise ValueError(f"unknown backend {name!r}")
+
+
+def _on_cpu(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
 
 
 __all__ = ["EmbedOutput", "EmbeddingBackend", "l2_normalize", "load_backend"]

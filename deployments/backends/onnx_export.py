@@ -1,15 +1,16 @@
-"""Export a registered model to an int8 ONNX graph for the ``onnx-int8`` CPU backend.
+"""Export a registered model to ONNX graphs for the ``onnx-fp32`` and ``onnx-int8`` CPU backends.
 
 The graph is the model's transformer plus mean pooling (no normalisation: ``base.py`` normalises
-for every backend), exported from the packaged weights with ``torch.onnx.export`` and then
-dynamically quantised to int8 weights with ONNX Runtime. Nothing here reaches a model hub.
+for every backend), exported from the packaged weights with ``torch.onnx.export`` (``fp32``) and
+then dynamically quantised to int8 weights with ONNX Runtime (``int8``, made from the fp32 file).
+Nothing here reaches a model hub.
 
-The result is cached at ``$HEIMDEX_ONNX_CACHE/<model>-<version>/model.int8.onnx`` when that
-variable is set, else at ``<data_dir>/onnx/<model>-<version>/model.int8.onnx``. It is written to a
-temporary file and moved into place with ``os.replace`` under an ``fcntl`` lock, so concurrent
+The results are cached at ``$HEIMDEX_ONNX_CACHE/<model>-<version>/model.<precision>.onnx`` when that
+variable is set, else at ``<data_dir>/onnx/<model>-<version>/model.<precision>.onnx``. Each is written
+to a temporary file and moved into place with ``os.replace`` under an ``fcntl`` lock, so concurrent
 replicas never read half a file and never export twice at once.
 
-Run ``python -m deployments.backends.onnx_export [MODEL]`` at set-up time to export and print the path.
+Run ``python -m deployments.backends.onnx_export [MODEL]`` at set-up time to export both and print the paths.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from deployments.registry import ModelSpec, get_model
 
 CACHE_ENV = "HEIMDEX_ONNX_CACHE"
-MODEL_FILENAME = "model.int8.onnx"
+Precision = Literal["fp32", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "sentence_embedding"
 OPSET = 17
@@ -66,8 +68,14 @@ FP32_MATMULS = (
 )
 
 
-def cache_path(spec: ModelSpec) -> Path:
-    """Where the int8 graph for ``spec`` lives (whether or not it exists yet)."""
+def model_filename(precision: Precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown ONNX precision {precision!r}; expected one of {PRECISIONS}")
+    return f"model.{precision}.onnx"
+
+
+def cache_path(spec: ModelSpec, precision: Precision = "int8") -> Path:
+    """Where the ``precision`` graph for ``spec`` lives (whether or not it exists yet)."""
     root = os.environ.get(CACHE_ENV)
     if root:
         base = Path(root)
@@ -75,7 +83,7 @@ def cache_path(spec: ModelSpec) -> Path:
         from serve_app.settings import get_settings
 
         base = Path(get_settings().data_dir) / "onnx"
-    return base / f"{spec.name}-{spec.version}" / MODEL_FILENAME
+    return base / f"{spec.name}-{spec.version}" / model_filename(precision)
 
 
 @contextlib.contextmanager
@@ -188,38 +196,44 @@ def quantize_int8(
     )
 
 
-def export_onnx_int8(spec: ModelSpec, out_dir: Path | None = None) -> Path:
-    """The path of the int8 ONNX graph for ``spec``, exporting it first when it is missing.
+def export_onnx(spec: ModelSpec, precision: Precision = "int8", out_dir: Path | None = None) -> Path:
+    """The path of the ``precision`` ONNX graph for ``spec``, exporting it first when it is missing.
 
-    ``out_dir`` overrides the cache directory (the file is ``out_dir/model.int8.onnx``).
+    ``out_dir`` overrides the cache directory (the file is ``out_dir/model.<precision>.onnx``). The
+    int8 graph is quantised from the fp32 one, which is exported (and kept) on the way.
     """
-    target = (out_dir / MODEL_FILENAME) if out_dir is not None else cache_path(spec)
+    target = (out_dir / model_filename(precision)) if out_dir is not None else cache_path(spec, precision)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.with_name(target.name + ".lock")):
         if target.exists():  # another replica exported it while we waited for the lock
             return target
+        source = export_onnx(spec, "fp32", out_dir) if precision == "int8" else None
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
-            fp32 = Path(tmp) / "model.fp32.onnx"
-            int8 = Path(tmp) / MODEL_FILENAME
-            _export_fp32(spec, fp32)
-            quantize_int8(fp32, int8)
-            os.replace(int8, target)
+            written = Path(tmp) / target.name
+            if source is None:
+                _export_fp32(spec, written)
+            else:
+                quantize_int8(source, written)
+            os.replace(written, target)
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a registered model to int8 ONNX and print its path.")
+    parser = argparse.ArgumentParser(description="Export a registered model to ONNX (fp32 and int8); print the paths.")
     parser.add_argument("model", nargs="?", default=None, help="registry name (default: settings.default_model)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="directory to write model.int8.onnx into")
+    parser.add_argument("--precision", choices=PRECISIONS, action="append", default=None,
+                        help="export only this precision (repeatable; default: both)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="directory to write model.<precision>.onnx into")
     args = parser.parse_args(argv)
     name = args.model
     if name is None:
         from serve_app.settings import get_settings
 
         name = get_settings().default_model
-    print(export_onnx_int8(get_model(name), args.out_dir))
+    for precision in args.precision or PRECISIONS:
+        print(export_onnx(get_model(name), precision, args.out_dir))
     return 0
 
 
