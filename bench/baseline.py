@@ -3,12 +3,17 @@
 ``SentenceTransformer(MODEL_DIR).encode`` with torch using every core, measured while the service is
 idle: throughput at the best of a few batch sizes (per text set), and the latency of encoding one text.
 Each trial is bounded by a text count *and* a duration.
+
+Beside it, the backend the Embedder serves with (the registry's CPU default, e.g. ``onnx-fp32``), in
+the same process: its own single-text latency and batch-32 throughput, so the service's overhead can
+be read against the model code it actually runs as well as against the torch ceiling.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.load import percentiles
@@ -56,19 +61,45 @@ def throughput(model: Any, texts: list[str], batch_size: int, max_texts: int, ma
     return {"batch_size": batch_size, "texts": done, "elapsed_s": elapsed, "texts_per_s": done / elapsed}
 
 
-def single_latency(model: Any, texts: list[str], n: int, max_seconds: float) -> dict[str, Any]:
-    """Latency of ``encode([one text])``: what one online request costs the model alone."""
+def _encode_one(model: Any) -> Callable[[str], Any]:
+    return lambda text: model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+
+
+def single_latency(encode_one: Callable[[str], Any], texts: list[str], n: int, max_seconds: float) -> dict[str, Any]:
+    """Latency of embedding one text: what one online request costs the model alone."""
     for text in texts[:5]:
-        model.encode([text], normalize_embeddings=True)
+        encode_one(text)
     samples: list[float] = []
     start = time.perf_counter()
     for i in range(n):
         if time.perf_counter() - start >= max_seconds:
             break
         sent = time.perf_counter()
-        model.encode([texts[i % len(texts)]], normalize_embeddings=True, convert_to_numpy=True)
+        encode_one(texts[i % len(texts)])
         samples.append((time.perf_counter() - sent) * 1000.0)
     return {"n": len(samples), **percentiles(samples)}
+
+
+def served_backend(quick: bool = False) -> dict[str, Any]:
+    """The Embedder's default CPU backend in this process: single-text latency, batch-32 texts/s (short)."""
+    from deployments.backends import load_backend
+    from deployments.registry import get_model
+
+    backend = load_backend(get_model(MODEL), None, device="cpu")
+    short = text_set("short")
+    single = single_latency(lambda text: backend.embed([text]), short, n=100 if quick else 500,
+                            max_seconds=4.0 if quick else 30.0)
+    batch = 32
+    backend.embed(short[:batch])
+    done = 0
+    max_texts, max_seconds = (512, 2.0) if quick else (2000, 15.0)
+    start = time.perf_counter()
+    while done < max_texts and time.perf_counter() - start < max_seconds:
+        offset = done % (len(short) - batch)
+        backend.embed(short[offset:offset + batch])
+        done += batch
+    elapsed = time.perf_counter() - start
+    return {"backend": backend.name, "single": single, "batch_size": batch, "texts_per_s": done / elapsed}
 
 
 def measure_baseline(quick: bool = False, sets: tuple[str, ...] = ("short", "long")) -> dict[str, Any]:
@@ -91,6 +122,8 @@ def measure_baseline(quick: bool = False, sets: tuple[str, ...] = ("short", "lon
         out["sets"][name] = {**token_stats(model, texts[:500]), "trials": trials,
                              "best_batch_size": best["batch_size"], "best_texts_per_s": best["texts_per_s"]}
     short = text_set("short")
-    out["single"] = single_latency(model, short, n=100 if quick else 500, max_seconds=4.0 if quick else 30.0)
+    out["single"] = single_latency(_encode_one(model), short, n=100 if quick else 500,
+                                   max_seconds=4.0 if quick else 30.0)
     del model
+    out["served_backend"] = served_backend(quick)
     return out

@@ -6,6 +6,7 @@ the Embedder runs it, and drives the same load: 32 concurrent clients, one short
 
 Experiments:
 
+* ``backend``: the Embedder on each CPU backend (``torch``, ``onnx-fp32``, ``onnx-int8``; ``args.backend``);
 * ``layout``: threads per replica vs replicas on this machine's cores: 1 replica x N threads against
   N replicas x 1 thread (``args.threads`` + the Embedder's ``num_replicas``), N = cores;
 * ``batch``: ``user_config`` sweeps, the Coalescer's ``max_texts_per_pass`` 32/128/512 x Serve's
@@ -35,7 +36,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The Coalescer's cap on one model pass, and Serve's batch wait (0 = the shipped no-wait batching).
 PASS_SIZES = (32, 128, 512)
 BATCH_WAITS_S = (0.0, 0.004)
-EXPERIMENTS = ("layout", "batch")
+EXPERIMENTS = ("backend", "layout", "batch")
+BACKENDS = ("torch", "onnx-fp32", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,14 @@ class Variant:
     experiment: str
     num_replicas: int | None = None
     threads: int | None = None
+    backend: str | None = None
     user_config: dict[str, Any] = field(default_factory=dict)
 
 
 def variants(experiments: tuple[str, ...], cores: int) -> list[Variant]:
     out = [Variant("shipped", "baseline")]
+    if "backend" in experiments:
+        out.extend(Variant(f"backend {name}", "backend", backend=name) for name in BACKENDS)
     if "layout" in experiments:
         out.append(Variant(f"1 replica x {cores} threads", "layout", num_replicas=1, threads=cores))
         if cores > 1:
@@ -80,9 +85,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for variant in plan:
             print(f"[tuning] {variant.name} ...", flush=True)
             config = with_overrides(shipped, num_replicas=variant.num_replicas, threads=variant.threads,
-                                    user_config=variant.user_config or None)
+                                    backend=variant.backend, user_config=variant.user_config or None)
             row: dict[str, Any] = {"name": variant.name, "experiment": variant.experiment,
                                    "num_replicas": variant.num_replicas, "threads": variant.threads,
+                                   "backend": variant.backend,
                                    "user_config": variant.user_config}
             try:
                 deploy_started = time.perf_counter()
