@@ -29,6 +29,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide int8 and fp32 kernel speed (ONNX Runtime's MLAS picks kernels by them).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of SIMD_FLAGS the CPU reports (empty where /proc/cpuinfo is unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in SIMD_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, versions, date, and the load average when the run started (noise hint)."""
     try:
@@ -41,6 +57,7 @@ def machine_info() -> dict[str, Any]:
         affinity = None
     return {
         "cpu_model": cpu_model(),
+        "cpu_simd": cpu_flags(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": affinity,
