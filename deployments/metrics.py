@@ -125,13 +125,17 @@ class EmbedderMetrics:
         self.tokens = 0
         self.pending = 0  # embed() calls waiting for, or inside, a batch
 
+    # The Ray gauge is set once per model pass and when the queue empties, not on every call: two Ray
+    # metric calls per request were measurable on the single-text hot path.
     def enter(self) -> None:
         self.pending += 1
-        self.ray.gauge("heimdex_embedder_queue_depth", "embed calls waiting for or inside a batch",
-                       self.pending, {"model": self.model})
 
     def leave(self) -> None:
         self.pending -= 1
+        if self.pending == 0:
+            self._export_depth()
+
+    def _export_depth(self) -> None:
         self.ray.gauge("heimdex_embedder_queue_depth", "embed calls waiting for or inside a batch",
                        self.pending, {"model": self.model})
 
@@ -148,6 +152,7 @@ class EmbedderMetrics:
                            seconds, tags)
         self.ray.counter("heimdex_embedder_texts", "texts embedded", texts, tags)
         self.ray.counter("heimdex_embedder_tokens", "tokens embedded", tokens, tags)
+        self._export_depth()
 
     def snapshot(self) -> dict[str, Any]:
         return {"model": self.model, "batches": self.batches, "texts": self.texts, "tokens": self.tokens,
