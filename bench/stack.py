@@ -117,6 +117,15 @@ def with_overrides(
     return out
 
 
+def _code_update(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether going from ``old`` to ``new`` restarts every replica: an app-level change (args,
+    import path, runtime env) rather than the deployments' replicas or ``user_config``."""
+    def app_level(config: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in app.items() if k != "deployments"} for app in config.get("applications", [])]
+
+    return app_level(old) != app_level(new)
+
+
 def embedder_settings(config: dict[str, Any]) -> dict[str, Any]:
     """num_replicas, threads and user_config the config gives the default Embedder."""
     app = next(a for a in config["applications"] if a.get("name") == APP_NAME)
@@ -140,6 +149,7 @@ class Stack:
     data_dir: Path | None = None
     ray_connected: bool = False
     notes: list[str] = field(default_factory=list)
+    ingress: str = "proxy"
 
     def redeploy(self, config: dict[str, Any], timeout_s: float = 300.0) -> None:
         """Deploy ``config`` through the dashboard and wait until the Embedder runs it."""
@@ -147,9 +157,28 @@ class Stack:
             raise RuntimeError("redeploying needs a local stack (no --url)")
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-        ServeSubmissionClient(self.dashboard_url).deploy_applications(config)
+        from cluster.local import redeploy_replaces_app
+
+        client = ServeSubmissionClient(self.dashboard_url)
+        if self.config is not None and redeploy_replaces_app(self.ingress) and _code_update(self.config, config):
+            client.delete_applications()  # see redeploy_replaces_app: the Gateway must keep the public port
+            self._wait_no_app(timeout_s)
+        client.deploy_applications(config)
         self.config = config
         self.wait_deployed(timeout_s)
+
+    def _wait_no_app(self, timeout_s: float) -> None:
+        from ray import serve
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if APP_NAME not in serve.status().applications:
+                    return
+            except Exception:  # the controller is going away; ask again
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the app was not deleted in {timeout_s:.0f}s")
 
     def wait_deployed(self, timeout_s: float = 300.0) -> None:
         """Until the app is RUNNING with exactly the configured Embedder replicas, all running the
@@ -274,7 +303,7 @@ def local_stack(
         proxy_port = base["http_options"]["port"]
         stack = Stack(url=url, local=True, proxy_url=f"http://127.0.0.1:{proxy_port}" if proxy_port != port else None,
                       dashboard_url=f"http://127.0.0.1:{dashboard_port}", config=config,
-                      data_dir=state / "data", ray_connected=True)
+                      data_dir=state / "data", ray_connected=True, ingress=ingress)
         stack.redeploy(config, timeout_s=ready_timeout_s)
         yield stack
     finally:

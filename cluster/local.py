@@ -186,6 +186,22 @@ def render_serve_config(path: Path, host: str, port: int, ingress: str = "proxy"
     return config
 
 
+def shutdown_serve(cluster: LocalCluster, env: dict[str, str]) -> None:
+    """Delete every Serve application and the controller (the detached store actor stays)."""
+    _run([_bin("serve"), "shutdown", "-y", "--address", cluster.dashboard_url], env, check=False)
+
+
+def redeploy_replaces_app(ingress: str) -> bool:
+    """Whether a redeploy must replace the app instead of rolling it.
+
+    Under direct ingress, Serve starts a code update's new Gateway replica while the old one still
+    holds the public port, so the new one takes the next port of the range and the public port goes
+    dark once the old one drains. Replacing the app (shutdown, then deploy) frees the port first, at
+    the cost of the time the replicas take to start. Through Ray's proxy a rolling update is safe.
+    """
+    return ingress == "direct"
+
+
 def deploy(cluster: LocalCluster, config: dict[str, Any], env: dict[str, str]) -> None:
     """``serve deploy`` of a rendered config through the token-protected dashboard."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
@@ -243,7 +259,7 @@ def stop(cluster: LocalCluster, grace_s: float = 15.0) -> int:
 
     env = cluster.ray_env()
     if is_running(cluster):
-        _run([_bin("serve"), "shutdown", "-y", "--address", cluster.dashboard_url], env, check=False)
+        shutdown_serve(cluster, env)
     procs = cluster_processes(cluster)
     for proc in procs:
         with contextlib.suppress(psutil.Error):

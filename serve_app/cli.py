@@ -23,7 +23,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     cluster.ensure_token()
     env = cluster.ray_env({"HEIMDEX_DATA_DIR": str(data_dir), **local.ingress_env(settings.ingress, settings.port)})
     if local.is_running(cluster):
-        print("Ray is already running; redeploying the app.")
+        if local.redeploy_replaces_app(settings.ingress):
+            print(f"Ray is already running; replacing the app (under direct ingress a rolling update would "
+                  f"move the Gateway off port {settings.port}; the service pauses while replicas start).")
+            local.shutdown_serve(cluster, env)
+        else:
+            print("Ray is already running; redeploying the app (rolling update).")
     else:
         print("Starting a local Ray head (dashboard on 127.0.0.1:8265, token auth)...")
         local.start_head(cluster, env, num_cpus=args.num_cpus)
