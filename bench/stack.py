@@ -162,21 +162,24 @@ class Stack:
         client = ServeSubmissionClient(self.dashboard_url)
         if self.config is not None and redeploy_replaces_app(self.ingress) and _code_update(self.config, config):
             client.delete_applications()  # see redeploy_replaces_app: the Gateway must keep the public port
-            self._wait_no_app(timeout_s)
+            self._wait_no_app(client, timeout_s)
         client.deploy_applications(config)
         self.config = config
         self.wait_deployed(timeout_s)
 
-    def _wait_no_app(self, timeout_s: float) -> None:
-        from ray import serve
-
+    def _wait_no_app(self, client: Any, timeout_s: float) -> None:
+        """Until the dashboard lists no Heimdex app (deleting shuts the Serve controller down, so ask
+        the dashboard, not the controller)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                if APP_NAME not in serve.status().applications:
+            with contextlib.suppress(Exception):  # the dashboard's Serve head may be restarting
+                if APP_NAME not in (client.get_serve_details().get("applications") or {}):
+                    # This driver's Serve client points at the controller that just went away; the
+                    # next serve.status() / handle must find the new one by name.
+                    from ray.serve import context
+
+                    context._set_global_client(None)
                     return
-            except Exception:  # the controller is going away; ask again
-                pass
             time.sleep(0.5)
         raise TimeoutError(f"the app was not deleted in {timeout_s:.0f}s")
 
