@@ -22,7 +22,6 @@ import copy
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import httpx
 
 from bench.load import check_loopback
+from cluster.local import free_port, free_port_block, wait_port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "serve_config.yaml"
@@ -44,30 +44,6 @@ BENCH_TENANT_RATE = "1000000"
 BENCH_TENANT_BURST = "1000000"
 
 log = logging.getLogger("bench.stack")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(span: int, also: int) -> int:
-    """A port ``p`` with ``p .. p+span`` and ``p+also`` all free (direct ingress and the proxy)."""
-    for _ in range(200):
-        port = free_port()
-        if port + also < 65535 and all(_port_free(p) for p in (*range(port, port + span + 1), port + also)):
-            return port
-    raise RuntimeError("no free block of loopback ports found")
 
 
 def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -163,6 +139,7 @@ class Stack:
         if self.config is not None and redeploy_replaces_app(self.ingress) and _code_update(self.config, config):
             client.delete_applications()  # see redeploy_replaces_app: the Gateway must keep the public port
             self._wait_no_app(client, timeout_s)
+            wait_port_free(int(self.url.rsplit(":", 1)[1]), timeout_s)
         client.deploy_applications(config)
         self.config = config
         self.wait_deployed(timeout_s)

@@ -109,10 +109,38 @@ class LocalCluster:
         return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now (the OS's choice, from its ephemeral range)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_port_free(port: int, timeout_s: float = 60.0) -> None:
+    """Until nothing holds ``port`` on loopback (a stopped replica's process may outlive its controller)."""
+    deadline = time.monotonic() + timeout_s
+    while not port_free(port):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"port {port} still taken {timeout_s:.0f}s after the app was shut down")
+        time.sleep(0.2)
+
+
+def free_port_block(span: int, also: int) -> int:
+    """A port ``p`` with ``p .. p+span`` and ``p+also`` all free (direct ingress and the proxy)."""
+    for _ in range(200):
+        port = free_port()
+        if port + also < 65535 and all(port_free(p) for p in (*range(port, port + span + 1), port + also)):
+            return port
+    raise RuntimeError("no free block of loopback ports found")
 
 
 def _bin(name: str) -> str:
@@ -138,7 +166,7 @@ def start_head(cluster: LocalCluster, env: dict[str, str], num_cpus: int | None 
            "--temp-dir", str(cluster.ray_temp_dir.resolve()),
            # Not the default 52365 that every `ray.init()` takes: a test session or benchmark started
            # beside the running service would otherwise hand its Ray Jobs to this cluster's agent.
-           "--dashboard-agent-listen-port", str(_free_port())]
+           "--dashboard-agent-listen-port", str(free_port())]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     result = _run(cmd, env, check=False)
@@ -196,8 +224,9 @@ def redeploy_replaces_app(ingress: str) -> bool:
 
     Under direct ingress, Serve starts a code update's new Gateway replica while the old one still
     holds the public port, so the new one takes the next port of the range and the public port goes
-    dark once the old one drains. Replacing the app (shutdown, then deploy) frees the port first, at
-    the cost of the time the replicas take to start. Through Ray's proxy a rolling update is safe.
+    dark once the old one drains. Replacing the app (shutdown, wait until the old Gateway's process
+    let go of the port, then deploy) keeps it, at the cost of the time the replicas take to start.
+    Through Ray's proxy a rolling update is safe.
     """
     return ingress == "direct"
 

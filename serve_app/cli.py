@@ -27,6 +27,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"Ray is already running; replacing the app (under direct ingress a rolling update would "
                   f"move the Gateway off port {settings.port}; the service pauses while replicas start).")
             local.shutdown_serve(cluster, env)
+            local.wait_port_free(settings.port)
         else:
             print("Ray is already running; redeploying the app (rolling update).")
     else:

@@ -7,7 +7,6 @@ Environment variables are set before Ray starts so every worker (replica, actor,
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.local import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,27 +24,25 @@ import psutil
 import pytest
 import yaml
 
-from cluster.local import DASHBOARD_PORT, DIRECT_INGRESS_PORTS, PROXY_PORT_OFFSET, LocalCluster, cluster_processes
+from cluster.local import (
+    DASHBOARD_PORT,
+    DIRECT_INGRESS_PORTS,
+    PROXY_PORT_OFFSET,
+    LocalCluster,
+    cluster_processes,
+    port_free,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HEIMDEX = REPO / ".venv" / "bin" / "heimdex"
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _port_block(start: int) -> int:
-    """A port p >= start with p .. p+DIRECT_INGRESS_PORTS and p+PROXY_PORT_OFFSET free (above Ray's
-    worker port range, 10002-19999, which `ray start` refuses to overlap)."""
+    """A port p >= start with p .. p+DIRECT_INGRESS_PORTS and p+PROXY_PORT_OFFSET free. Fixed ranges:
+    above Ray's worker ports (10002-19999, which `ray start` refuses to overlap) and below the OS's
+    ephemeral range (32768+), where Ray's own randomly chosen ports could take one while it starts."""
     for base in range(start, start + 1000, 10):
-        ports = [*range(base, base + DIRECT_INGRESS_PORTS + 1), base + PROXY_PORT_OFFSET]
-        if all(_free(p) for p in ports):
+        if all(port_free(p) for p in (*range(base, base + DIRECT_INGRESS_PORTS + 1), base + PROXY_PORT_OFFSET)):
             return base
     pytest.skip("no free port block for the Gateway")
 
@@ -62,7 +59,7 @@ def _embed(port: int) -> list[float]:
 
 
 @pytest.mark.skipif(not HEIMDEX.exists(), reason="the heimdex console script is not installed in .venv")
-@pytest.mark.skipif(not _free(DASHBOARD_PORT), reason=f"port {DASHBOARD_PORT} is taken (a `make run` is up?)")
+@pytest.mark.skipif(not port_free(DASHBOARD_PORT), reason=f"port {DASHBOARD_PORT} is taken (a `make run` is up?)")
 def test_up_then_up_again_keeps_the_public_port_then_down_ends_everything() -> None:
     # Ray's socket paths live under the state dir and must stay under 107 bytes: a short temp dir.
     tmp_path = Path(tempfile.mkdtemp(prefix="hx-up-", dir="/tmp"))
