@@ -47,18 +47,24 @@ def token_stats(model: Any, texts: list[str]) -> dict[str, float]:
     return {"mean_tokens": sum(lengths) / len(lengths), "min_tokens": min(lengths), "max_tokens": max(lengths)}
 
 
-def throughput(model: Any, texts: list[str], batch_size: int, max_texts: int, max_seconds: float) -> dict[str, Any]:
-    """texts/s of ``encode`` at ``batch_size`` over up to ``max_texts`` texts or ``max_seconds``."""
-    model.encode(texts[:batch_size], batch_size=batch_size, normalize_embeddings=True)  # warm-up
+def throughput(encode: Callable[[list[str], int], Any], texts: list[str], batch_size: int, max_texts: int,
+               max_seconds: float) -> dict[str, Any]:
+    """texts/s of ``encode(chunk, batch_size)`` over up to ``max_texts`` texts or ``max_seconds``."""
+    encode(texts[:batch_size], batch_size)  # warm-up
     done = 0
     start = time.perf_counter()
     while done < max_texts and time.perf_counter() - start < max_seconds:
         offset = done % len(texts)
         chunk = texts[offset:offset + min(BATCHES_PER_CALL * batch_size, max_texts - done)]
-        model.encode(chunk, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        encode(chunk, batch_size)
         done += len(chunk)
     elapsed = time.perf_counter() - start
     return {"batch_size": batch_size, "texts": done, "elapsed_s": elapsed, "texts_per_s": done / elapsed}
+
+
+def _encode_batch(model: Any) -> Callable[[list[str], int], Any]:
+    return lambda texts, batch_size: model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                                  convert_to_numpy=True)
 
 
 def _encode_one(model: Any) -> Callable[[str], Any]:
@@ -89,17 +95,10 @@ def served_backend(quick: bool = False) -> dict[str, Any]:
     short = text_set("short")
     single = single_latency(lambda text: backend.embed([text]), short, n=100 if quick else 500,
                             max_seconds=4.0 if quick else 30.0)
-    batch = 32
-    backend.embed(short[:batch])
-    done = 0
-    max_texts, max_seconds = (512, 2.0) if quick else (2000, 15.0)
-    start = time.perf_counter()
-    while done < max_texts and time.perf_counter() - start < max_seconds:
-        offset = done % (len(short) - batch)
-        backend.embed(short[offset:offset + batch])
-        done += batch
-    elapsed = time.perf_counter() - start
-    return {"backend": backend.name, "single": single, "batch_size": batch, "texts_per_s": done / elapsed}
+    max_texts, max_seconds = (512, 2.0) if quick else (2000, 15.0)  # as the raw SHORT trials
+    batch = throughput(lambda texts, _: backend.embed(texts), short, 32, max_texts, max_seconds)
+    return {"backend": backend.name, "single": single, "batch_size": batch["batch_size"],
+            "texts_per_s": batch["texts_per_s"]}
 
 
 def measure_baseline(quick: bool = False, sets: tuple[str, ...] = ("short", "long")) -> dict[str, Any]:
@@ -117,7 +116,7 @@ def measure_baseline(quick: bool = False, sets: tuple[str, ...] = ("short", "lon
             max_texts, max_seconds = (256, 3.0) if quick else (1024, 25.0)
             if quick:
                 batch_sizes = (32, 64)
-        trials = [throughput(model, texts, bs, max_texts, max_seconds) for bs in batch_sizes]
+        trials = [throughput(_encode_batch(model), texts, bs, max_texts, max_seconds) for bs in batch_sizes]
         best = max(trials, key=lambda t: t["texts_per_s"])
         out["sets"][name] = {**token_stats(model, texts[:500]), "trials": trials,
                              "best_batch_size": best["batch_size"], "best_texts_per_s": best["texts_per_s"]}
