@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -139,7 +140,9 @@ class Stack:
         if self.config is not None and redeploy_replaces_app(self.ingress) and _code_update(self.config, config):
             client.delete_applications()  # see redeploy_replaces_app: the Gateway must keep the public port
             self._wait_no_app(client, timeout_s)
-            wait_port_free(int(self.url.rsplit(":", 1)[1]), timeout_s)
+            port = urlsplit(self.url).port
+            if port is not None:
+                wait_port_free(port, timeout_s)
         client.deploy_applications(config)
         self.config = config
         self.wait_deployed(timeout_s)

@@ -30,6 +30,7 @@ from cluster.local import (
     PROXY_PORT_OFFSET,
     LocalCluster,
     cluster_processes,
+    port_block_free,
     port_free,
 )
 
@@ -42,7 +43,7 @@ def _port_block(start: int) -> int:
     above Ray's worker ports (10002-19999, which `ray start` refuses to overlap) and below the OS's
     ephemeral range (32768+), where Ray's own randomly chosen ports could take one while it starts."""
     for base in range(start, start + 1000, 10):
-        if all(port_free(p) for p in (*range(base, base + DIRECT_INGRESS_PORTS + 1), base + PROXY_PORT_OFFSET)):
+        if port_block_free(base, DIRECT_INGRESS_PORTS, PROXY_PORT_OFFSET):
             return base
     pytest.skip("no free port block for the Gateway")
 
