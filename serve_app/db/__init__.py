@@ -13,11 +13,27 @@ from serve_app.db.jobs import (
     JobRepository,
 )
 from serve_app.db.keys import make_job_key, request_hash, text_hash
-from serve_app.db.models import Base, IdempotencyKey, Job, JobEvent, JobStatus, Outbox, OutboxState
+from serve_app.db.models import (
+    Base,
+    IdempotencyKey,
+    Job,
+    JobEvent,
+    JobStatus,
+    Outbox,
+    OutboxState,
+    RouteState,
+    ServiceSwitch,
+    TenantCollection,
+)
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue, backoff_delay_s
+from serve_app.db.routes import ROUTE_CACHE_TTL_S, Route, RouteConflictError, RouteRepository
+from serve_app.db.switches import REAL_EMBEDDINGS, SWITCH_CACHE_TTL_S, SwitchRepository
 from serve_app.db.transitions import InvalidTransitionError
 
 __all__ = [
+    "REAL_EMBEDDINGS",
+    "ROUTE_CACHE_TTL_S",
+    "SWITCH_CACHE_TTL_S",
     "Base",
     "ClaimedMessage",
     "CreatedJob",
@@ -34,6 +50,13 @@ __all__ = [
     "Outbox",
     "OutboxQueue",
     "OutboxState",
+    "Route",
+    "RouteConflictError",
+    "RouteRepository",
+    "RouteState",
+    "ServiceSwitch",
+    "SwitchRepository",
+    "TenantCollection",
     "backoff_delay_s",
     "make_engine",
     "make_job_key",

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -150,3 +151,43 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_ids: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RouteState(enum.StrEnum):
+    """Where a tenant's (model) vectors stand: see :mod:`serve_app.db.routes`."""
+
+    STEADY = "steady"  # live only
+    MIGRATING = "migrating"  # live, and a re-embed fills pending (writes go to both)
+    SWITCHED = "switched"  # live is new, previous kept for an instant rollback (writes go to both)
+
+
+class TenantCollection(Base):
+    """Which collection is live for one tenant and model: the one answer every reader and writer asks."""
+
+    __tablename__ = "tenant_collections"
+
+    org_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    live: Mapped[str] = mapped_column(String(255))
+    pending: Mapped[str | None] = mapped_column(String(255))
+    previous: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default=RouteState.STEADY)
+    # The re-embed job that set pending (migrating) or made live (switched).
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    # What that re-embed read (e.g. embeddings__mock__v1) and when its counts were verified.
+    source: Mapped[str | None] = mapped_column(String(255))
+    verified_at: Mapped[datetime | None]
+    # Grows on every change: readers that cache a row can tell it moved.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ServiceSwitch(Base):
+    """A live operator switch (e.g. ``real_embeddings``) that replicas read within seconds."""
+
+    __tablename__ = "service_switches"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    changed_by: Mapped[str | None] = mapped_column(String(128))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
