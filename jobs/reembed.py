@@ -18,6 +18,7 @@ Importing this module starts nothing (no Ray, no store, no database).
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import logging
@@ -26,9 +27,15 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from deployments.vector_store.base import collection_name, parse_collection_name
+from jobs import migration, sources
+from jobs.resources import TASK_CPUS, InsufficientResourcesError, ResourcePlan, plan_resources
+from jobs.sources import store_call
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -41,7 +48,22 @@ RESULT_PREFIX = "REEMBED_RESULT "
 PROGRESS_PREFIX = "REEMBED_PROGRESS "
 JOB_TYPE = "reembed"
 PROGRESS_INTERVAL_S = 2.0
-MAX_CONCURRENCY = 8
+
+
+# Tenant under which a re-embed spanning several tenants is tracked (no tenant's GET /jobs shows it).
+OPERATOR_ORG = "_operator"
+
+
+def ray_submission_id() -> str | None:
+    """The Ray Jobs submission id of this driver, when it runs as a Ray Job."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+    return str(value) if value else None
 
 
 class VerificationError(RuntimeError):
@@ -66,10 +88,18 @@ def build_arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=float, default=None, help="GPUs per embedding actor (fractional ok)")
     parser.add_argument("--flush-size", type=int, default=256, help="points per upsert (64-256 recommended)")
     parser.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
-    parser.add_argument("--rollback", action="store_true", help="point the alias at --to-version and stop")
+    parser.add_argument("--rollback", action="store_true",
+                        help="at once: each --org tenant (default: every switched one) back to its previous "
+                             "collection (or --to-version's); nothing is embedded")
+    parser.add_argument("--finalize", action="store_true",
+                        help="after a verified re-embed of --org: stop keeping the previous collection in step "
+                             "and delete the tenant's points from what it left (previous version, mock)")
+    parser.add_argument("--placement-timeout-s", type=float, default=120.0,
+                        help="fail, naming the missing resource, if no row is embedded this long after the start")
     parser.add_argument("--job-id", default=None, help="jobs row (type reembed) to keep up to date")
     parser.add_argument("--org", action="append", default=None, help="only this tenant (repeatable)")
-    parser.add_argument("--no-switch", action="store_true", help="write and verify, but leave the alias")
+    parser.add_argument("--no-switch", action="store_true",
+                        help="write and verify, but leave each tenant on its live collection (a rehearsal)")
     return parser
 
 
@@ -105,6 +135,24 @@ class JobTracker:
         self._engine = make_engine(settings.resolved_database_url)
         self._sessions = make_sessionmaker(self._engine)
         self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, settings: Settings, args: argparse.Namespace) -> JobTracker:
+        """A new ``reembed`` job row for a run nobody created one for: under the one ``--org`` tenant
+        (``OPERATOR_ORG`` when the run spans tenants), keyed by the Ray submission id so a retried
+        driver finds its row again."""
+        from serve_app.db import JobRepository, make_engine, make_sessionmaker
+
+        orgs = args.org or []
+        org = orgs[0] if len(orgs) == 1 else OPERATOR_ORG
+        key = f"reembed:{ray_submission_id() or uuid.uuid4()}"
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                job_id = JobRepository(session).create_tracked_job(org, JOB_TYPE, key, "ray-job-submit").job.id
+        finally:
+            engine.dispose()
+        return cls(settings, job_id)
 
     def _transition(self, status: str, **kwargs: Any) -> None:
         from serve_app.db import JobRepository, JobStatus
@@ -147,45 +195,32 @@ class JobTracker:
 # ---------------------------------------------------------------------------------------- planning
 
 
-@dataclass(frozen=True)
-class ResourcePlan:
-    concurrency: int
-    num_cpus: float
-    num_gpus: float
-    threads: int | None
-    device: str
-
-
-def plan_resources(args: argparse.Namespace) -> ResourcePlan:
-    """Embedding actor resources from the arguments, defaulting from what the cluster has free."""
+def cluster_plan(args: argparse.Namespace) -> ResourcePlan:
+    """The embedding actors' plan for the connected cluster as it is now (see :mod:`jobs.resources`)."""
     import ray
 
-    total = ray.cluster_resources()
-    free = ray.available_resources()
-    gpus = float(total.get("GPU", 0.0))
-    num_gpus = float(args.num_gpus) if args.num_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-    if num_gpus > 0:
-        num_cpus = float(args.num_cpus) if args.num_cpus is not None else 1.0
-        concurrency = args.concurrency or max(1, min(MAX_CONCURRENCY, int(gpus // num_gpus)))
-        return ResourcePlan(concurrency, num_cpus, num_gpus, None, "cuda")
-    free_cpus = float(free.get("CPU", total.get("CPU", 1.0)))
-    num_cpus = float(args.num_cpus) if args.num_cpus is not None else (2.0 if free_cpus >= 8 else 1.0)
-    # Leave a little for the read/prepare/write tasks.
-    concurrency = args.concurrency or max(1, min(MAX_CONCURRENCY, int((free_cpus - 0.75) // num_cpus)))
-    return ResourcePlan(concurrency, num_cpus, 0.0, max(1, round(num_cpus)), "cpu")
+    return plan_resources(total=ray.cluster_resources(), free=ray.available_resources(),
+                          node_cores=os.cpu_count() or 1, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                          concurrency=args.concurrency)
 
 
 class ProgressReporter(threading.Thread):
-    """Polls the sink's progress actor and publishes stage/progress every few seconds."""
+    """Polls the sink's progress actor and publishes stage/progress every few seconds. If no row has
+    reached the sink ``placement_timeout_s`` after the start (an actor or task that cannot be placed),
+    it interrupts the run with a message naming what the cluster lacks."""
 
     def __init__(self, progress: ActorHandle, total: int | None, tracker: JobTracker | None,
-                 dry_run: bool, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+                 dry_run: bool, interval_s: float = PROGRESS_INTERVAL_S,
+                 placement_timeout_s: float | None = None, plan: ResourcePlan | None = None) -> None:
         super().__init__(name="reembed-progress", daemon=True)
         self.progress = progress
         self.total = total
         self.tracker = tracker
         self.dry_run = dry_run
         self.interval_s = interval_s
+        self.placement_timeout_s = placement_timeout_s
+        self.plan = plan
+        self.stalled: str | None = None
         self.started_at = time.monotonic()
         self._stop_event = threading.Event()
 
@@ -207,140 +242,284 @@ class ProgressReporter(threading.Thread):
             "embedded_per_s": round(counts.get("embedded", 0) / elapsed, 1),
         }
 
-    def publish(self) -> None:
+    def publish(self) -> dict[str, Any] | None:
         try:
             snap = self.snapshot()
         except Exception as exc:
             log.warning("progress poll failed: %s", type(exc).__name__)
-            return
+            return None
         stage = "checking" if self.dry_run else ("writing" if snap["embedded"] else "embedding")
         percent = min(99, int(100 * snap["rows"] / self.total)) if self.total else None
         print(PROGRESS_PREFIX + json.dumps({"stage": stage, "progress": percent, **snap}), flush=True)
         if self.tracker is not None:
             self.tracker.update(stage, percent, {"partial": True, **snap})
+        return snap
+
+    def _check_placement(self, snap: dict[str, Any] | None) -> bool:
+        timeout = self.placement_timeout_s
+        if timeout is None or (snap is not None and snap.get("rows", 0) > 0):
+            return False
+        if time.monotonic() - self.started_at < timeout:
+            return False
+        import ray
+
+        self.stalled = (
+            f"no row reached the sink {timeout:.0f}s after the start: the embedding actors "
+            f"({self.plan.as_dict() if self.plan else 'no plan'}) or their tasks could not be placed; "
+            f"the cluster has {ray.available_resources().get('CPU', 0.0):.2f} CPU and "
+            f"{ray.available_resources().get('GPU', 0.0):g} GPU free of {ray.cluster_resources().get('CPU', 0.0):g} "
+            f"CPU; pass a smaller --num-cpus (or --num-gpus), --concurrency 1, or a longer --placement-timeout-s")
+        log.error("%s", self.stalled)
+        _thread.interrupt_main()
+        return True
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
-            self.publish()
+            if self._check_placement(self.publish()):
+                return
 
 
 # ---------------------------------------------------------------------------------------------- run
 
 
-def rollback(args: argparse.Namespace, store: ActorHandle) -> dict[str, Any]:
-    from deployments.registry import get_model
-    from deployments.vector_store.base import CollectionNotFoundError, alias_name, collection_name
-    from jobs.sources import store_call
+@dataclass
+class Pipeline:
+    """What one pass of the Ray Data pipeline needs; :meth:`write` runs it and returns the sink summary."""
 
-    version = args.to_version or get_model(args.model).version
-    target = collection_name(args.model, version)
-    if target not in store_call(store, "list_collections"):
-        raise CollectionNotFoundError(target)
-    alias = alias_name(args.model)
-    previous = store_call(store, "get_alias", alias)
-    store_call(store, "set_alias", alias, target)
-    return {"rollback": True, "alias": alias, "target_collection": target, "previous_collection": previous,
-            "alias_switched": previous != target}
+    store: ActorHandle
+    target: str
+    model: str
+    version: str
+    source: sources.SourceSpec
+    batch_size: int
+    flush_size: int
+    dry_run: bool
+    plan: ResourcePlan | None
+
+    def dataset(self, collections: dict[str, str] | None, orgs: list[str] | None) -> Any:
+        import ray
+
+        from jobs.embed_udf import EmbedBatch
+        from jobs.qdrant_sink import prepare_batch
+
+        task_cpus = self.plan.task_cpus if self.plan else TASK_CPUS
+        ds = sources.build_dataset(self.source, store=self.store, orgs=orgs, collections=collections,
+                                   task_cpus=task_cpus)
+        prepare: Any = prepare_batch
+        ds = ds.map_batches(
+            prepare, batch_size=self.batch_size, batch_format="pandas", num_cpus=task_cpus,
+            fn_kwargs={"store": self.store, "collection": None if self.dry_run and not self._target_exists()
+                       else self.target, "model": self.model, "version": self.version},
+        )
+        if self.plan is not None:
+            ds = ds.map_batches(
+                EmbedBatch,
+                fn_constructor_kwargs={"model": self.model, "device": self.plan.device, "threads": self.plan.threads},
+                batch_size=self.batch_size, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=self.plan.concurrency),
+                num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus or None,
+            )
+        return ds
+
+    def _target_exists(self) -> bool:
+        return self.target in store_call(self.store, "list_collections")
+
+    def write(self, ds: Any, progress: ActorHandle) -> dict[str, Any]:
+        from jobs.qdrant_sink import QdrantDatasink
+
+        task_cpus = self.plan.task_cpus if self.plan else TASK_CPUS
+        sink = QdrantDatasink(self.store, self.target, self.model, self.version, flush_size=self.flush_size,
+                              dry_run=self.dry_run, progress=progress)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": task_cpus})
+        return sink.summary or {"per_tenant": {}, "totals": {}, "failed_examples": []}
+
+
+def resolve_tenants(args: argparse.Namespace, store: ActorHandle, sessions: Any, model: str,
+                    source: sources.SourceSpec) -> tuple[dict[str, str], dict[str, str] | None]:
+    """(each tenant's live collection of ``model``, each tenant's source collection or None for files)."""
+    if source.kind == "collection":
+        assert source.model is not None
+        orgs = args.org or sorted(sources.model_tenants(store, source.model))
+        if source.version:
+            source_collections = dict.fromkeys(orgs, collection_name(source.model, source.version))
+        else:
+            source_collections = {o: r.live for o, r in migration.routes_of(sessions, orgs, source.model).items()}
+        present = set(store_call(store, "list_collections"))
+        source_collections = {o: c for o, c in source_collections.items()
+                              if c in present and int(store_call(store, "count", c, o)) > 0}
+        orgs = sorted(source_collections)
+    else:
+        source_collections = None
+        if args.org:
+            orgs = list(args.org)
+        else:
+            ds = sources.build_dataset(source, task_cpus=TASK_CPUS)
+            orgs = sorted({str(o) for o in ds.unique("org_id")})
+    lives = {o: r.live for o, r in migration.routes_of(sessions, orgs, model).items()}
+    return lives, source_collections
+
+
+def choose_target(args: argparse.Namespace, store: ActorHandle, model: str, source: sources.SourceSpec,
+                  lives: dict[str, str]) -> str:
+    if args.to_version:
+        return collection_name(model, args.to_version)
+    if source.kind == "collection" and source.model == model and not source.version:
+        return collection_name(model, migration.next_version(store, model))
+    distinct = sorted(set(lives.values()))
+    if len(distinct) > 1:
+        raise migration.MigrationPlanError(
+            f"the tenants' live collections of {model} differ ({', '.join(distinct)}); pass --to-version, or --org")
+    from serve_app.routing import default_collection
+
+    return distinct[0] if distinct else default_collection(model)
 
 
 def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None = None) -> dict[str, Any]:
-    """Run one re-embedding (or dry run / rollback) on the connected Ray cluster; returns the result."""
-    import ray
+    """Run one re-embedding (or dry run) on the connected Ray cluster; returns the result."""
 
     from deployments.registry import get_model
     from deployments.vector_store.actor import get_store
-    from deployments.vector_store.base import alias_name, collection_name
-    from jobs import sources
-    from jobs.embed_udf import EmbedBatch
-    from jobs.qdrant_sink import ProgressCounter, QdrantDatasink, prepare_batch
-    from jobs.sources import store_call
+    from serve_app.db import ROUTE_CACHE_TTL_S
+    from serve_app.db.database import Database
 
-    if not ray.is_initialized():
-        # HEIMDEX_RAY_ADDRESS pins the cluster: a job driver's RAY_ADDRESS is resolved from the host-wide
-        # /tmp/ray/ray_current_cluster file, which names the newest cluster when a host runs several.
-        ray.init(address=os.environ.get("HEIMDEX_RAY_ADDRESS") or None)
+    connect_ray()
     spec = get_model(args.model)
-    store = get_store(settings)
-    if args.rollback:
-        return rollback(args, store)
     if not args.source:
-        raise ValueError("--source is required (unless --rollback)")
+        raise ValueError("--source is required (unless --rollback or --finalize)")
     if not 1 <= args.batch_size <= 4096:
         raise ValueError("--batch-size must be within 1..4096")
-
-    version = args.to_version or spec.version
-    target = collection_name(spec.name, version)
-    alias = alias_name(spec.name)
+    store = get_store(settings)
+    db = Database(settings.resolved_database_url)
     source = sources.parse_source(args.source)
     if tracker is not None:
         tracker.update("reading", 0, message=f"reading {source.describe()}")
 
-    previous = store_call(store, "get_alias", alias)
-    source_counts: dict[str, int] | None = None
-    if source.kind == "collection":
-        source_collection = store_call(store, "resolve", source.collection_ref())
-        if source_collection == target:
-            raise ValueError(f"source and target are the same collection ({target})")
-        tenants = sources.collection_tenants(store, source_collection, args.org)
-        source_counts = sources.count_collection(store, source_collection, tenants)
-        total: int | None = sum(source_counts.values())
-        ds = sources.build_dataset(source, store=store, tenants=tenants)
-    else:
-        ds = sources.build_dataset(source, orgs=args.org)
-        total = ds.count()
+    lives, source_collections = resolve_tenants(args, store, db.sessions, spec.name, source)
+    target = choose_target(args, store, spec.name, source, lives)
+    version = parse_collection_name(target)[1]
+    live_counts = sources.count_collections(store, lives)
+    moves = migration.plan_moves(target, lives, source_collections, live_counts)
+    plan = None if args.dry_run else cluster_plan(args)  # fails now, with the fix, if it cannot be placed
+    source_counts = None if source_collections is None else sources.count_collections(store, source_collections)
+    total = sum(source_counts.values()) if source_counts is not None else None
+    pipeline = Pipeline(store, target, spec.name, version, source, args.batch_size, args.flush_size,
+                        args.dry_run, plan)
+    job_id = tracker.job_id if tracker is not None else f"dry-run-{uuid.uuid4()}"
+    began = False
+    try:
+        if not args.dry_run:
+            store_call(store, "ensure_collection", spec.name, version, spec.dimension)
+            migration.begin(db.sessions, moves, spec.name, target, job_id, source.describe())
+            began = any(m.mode == "migrate" for m in moves)
+            if began:  # every writer sees "migrating" (and double-writes) before the source is read
+                time.sleep(2 * ROUTE_CACHE_TTL_S + 0.5)
+        started = time.monotonic()
+        summary, steady = _write_pass(pipeline, source_collections, args, total, tracker, plan)
+        elapsed = max(1e-6, time.monotonic() - started)
+        result = _result(source, spec.name, target, moves, summary, source_counts, elapsed, steady, args, plan)
+        if args.dry_run:
+            return result
+        if tracker is not None:
+            tracker.update("verifying", 99, {"partial": True, **summary["totals"]})
+        result["reconciled"] = _verify(pipeline, moves, source_collections, summary, args, total, tracker, plan)
+        result["verified"] = True
+        if tracker is not None:
+            tracker.update("switching", 99)
+        result["routes"] = migration.finish(db.sessions, moves, spec.name, job_id, source.describe(),
+                                            switch=not args.no_switch)
+        result["switched"] = sorted(m.org_id for m in moves if m.mode == "migrate" and not args.no_switch)
+        began = False
+        return result
+    finally:
+        if began:
+            migration.abort(db.sessions, moves, spec.name, job_id)
+        db.dispose()
 
-    target_exists = target in store_call(store, "list_collections")
-    if not args.dry_run:
-        store_call(store, "ensure_collection", spec.name, version, spec.dimension)
-        target_exists = True
 
-    prepare: Any = prepare_batch
-    ds = ds.map_batches(
-        prepare, batch_size=args.batch_size, batch_format="pandas", num_cpus=0.25,
-        fn_kwargs={"store": store, "collection": target if target_exists else None,
-                   "model": spec.name, "version": version},
-    )
-    plan = None
-    if not args.dry_run:
-        plan = plan_resources(args)
-        ds = ds.map_batches(
-            EmbedBatch,
-            fn_constructor_kwargs={"model": spec.name, "device": plan.device, "threads": plan.threads},
-            batch_size=args.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=plan.concurrency),
-            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None,
-        )
+def _write_pass(pipeline: Pipeline, collections: dict[str, str] | None, args: argparse.Namespace,
+                total: int | None, tracker: JobTracker | None,
+                plan: ResourcePlan | None) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """One run of the pipeline over ``collections``' tenants (or the file source), with progress."""
+    import ray
+
+    from jobs.qdrant_sink import ProgressCounter
+
+    if collections is not None and not collections:
+        return {"per_tenant": {}, "totals": {}, "failed_examples": []}, {}
     counter_cls: Any = ray.remote(ProgressCounter)
     progress: ActorHandle = counter_cls.options(num_cpus=0).remote()
-    sink = QdrantDatasink(store, target, spec.name, version, flush_size=args.flush_size,
-                          dry_run=args.dry_run, progress=progress)
-    reporter = ProgressReporter(progress, total, tracker, args.dry_run)
+    if plan is not None:
+        from ray.data import DataContext
+        from ray.data._internal.execution.interfaces import ExecutionResources
+
+        # Ray Data sizes its budget from the whole cluster; the Serve app holds part of it.
+        free = ray.available_resources()
+        DataContext.get_current().execution_options.resource_limits = ExecutionResources(
+            cpu=free.get("CPU", 0.0), gpu=free.get("GPU", 0.0))
+    reporter = ProgressReporter(progress, total, tracker, pipeline.dry_run,
+                                placement_timeout_s=None if pipeline.dry_run else args.placement_timeout_s,
+                                plan=plan)
     if tracker is not None:
-        tracker.update("checking" if args.dry_run else "embedding", 0)
-    started = time.monotonic()
+        tracker.update("checking" if pipeline.dry_run else "embedding", 0)
     started_wall = time.time()
     reporter.start()
     try:
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+        summary = pipeline.write(pipeline.dataset(collections, args.org), progress)
+    except KeyboardInterrupt:
+        if reporter.stalled:
+            raise InsufficientResourcesError(reporter.stalled) from None
+        raise
     finally:
         reporter.stop()
-    elapsed = max(1e-6, time.monotonic() - started)
     steady_ref: Any = progress.steady_rate.remote(started_wall)
     steady: dict[str, float | None] = ray.get(steady_ref, timeout=30)
-    summary = sink.summary or {"per_tenant": {}, "totals": {}, "failed_examples": []}
+    return summary, steady
+
+
+def _verify(pipeline: Pipeline, moves: list[migration.TenantMove], collections: dict[str, str] | None,
+            summary: dict[str, Any], args: argparse.Namespace, total: int | None, tracker: JobTracker | None,
+            plan: ResourcePlan | None) -> dict[str, Any]:
+    """Every embeddable source row of every tenant is in the target (one catch-up pass for rows written
+    to the source while it was read), and a migrating target holds nothing the source lost meanwhile."""
+    per_tenant: dict[str, dict[str, int]] = summary["per_tenant"]
+    if collections is None:  # file source: the sink's own counts are the check
+        bad = {t: c for t, c in per_tenant.items()
+               if c.get("embedded", 0) + c.get("skipped_existing", 0) != c.get("rows", 0) - c.get("failed", 0)}
+        if bad:
+            raise VerificationError(f"rows neither written nor failed: {bad}")
+        return {}
+    report: dict[str, Any] = {}
+    for attempt in range(2):
+        missing = {}
+        for move in moves:
+            lost, extra = migration.reconcile(pipeline.store, move, pipeline.target)
+            removed = migration.delete_extra(pipeline.store, pipeline.target, move.org_id, extra) if extra else 0
+            report[move.org_id] = {"missing": len(lost), "extra_removed": report.get(move.org_id, {}).get(
+                "extra_removed", 0) + removed, "catch_up_pass": attempt}
+            if lost:
+                missing[move.org_id] = move.source
+        if not missing:
+            return report
+        if attempt == 0:
+            log.info("catching up %d tenant(s) with rows written while the source was read", len(missing))
+            _write_pass(pipeline, {t: c for t, c in missing.items() if c}, args, None, tracker, plan)
+    raise VerificationError(f"target {pipeline.target} still lacks source rows after a catch-up pass: {report}")
+
+
+def _result(source: sources.SourceSpec, model: str, target: str, moves: list[migration.TenantMove],
+            summary: dict[str, Any], source_counts: dict[str, int] | None, elapsed: float,
+            steady: dict[str, float | None], args: argparse.Namespace, plan: ResourcePlan | None) -> dict[str, Any]:
     totals: dict[str, int] = summary["totals"]
     per_tenant: dict[str, dict[str, int]] = summary["per_tenant"]
     for tenant, n in (source_counts or {}).items():
         per_tenant.setdefault(tenant, {"rows": 0, "embedded": 0, "skipped_existing": 0, "failed": 0})
         per_tenant[tenant]["source_rows"] = n
-
     result: dict[str, Any] = {
         "source": source.describe(),
-        "model": spec.name,
-        "target_version": version,
+        "model": model,
+        "target_version": parse_collection_name(target)[1],
         "target_collection": target,
-        "alias": alias,
-        "previous_collection": previous,
+        "tenants": {m.org_id: {"mode": m.mode, "live_before": m.live, "source": m.source} for m in moves},
         "rows_total": totals.get("rows", 0),
         "embedded": totals.get("embedded", 0),
         "skipped_existing": totals.get("skipped_existing", 0),
@@ -353,41 +532,42 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
         # Start-up (planning, actor pool, model load) to the first write, then the rate after it.
         **{k: None if v is None else round(v, 2) for k, v in steady.items()},
         "batch_size": args.batch_size,
-        "resources": None if plan is None else plan.__dict__,
+        "resources": None if plan is None else plan.as_dict(),
     }
     if args.dry_run:
-        result.update({
-            "dry_run": True,
-            "target_exists": target_exists,
-            "would_embed": result.pop("embedded"),
-            "embedded_per_s": 0.0,
-            "would_skip": result["skipped_existing"],
-            "alias_switched": False,
-            "alias_would_switch": (not args.no_switch) and previous != target,
-        })
-        return result
-
-    if tracker is not None:
-        tracker.update("verifying", 99, {"partial": True, **totals})
-    mismatches: dict[str, dict[str, int]] = {}
-    for tenant, counts in per_tenant.items():
-        expected = counts["rows"] - counts["failed"]
-        actual = int(store_call(store, "count", target, tenant))
-        counts["target_count"] = actual
-        if actual != expected:
-            mismatches[tenant] = {"expected": expected, "actual": actual}
-    result["verified"] = not mismatches
-    if mismatches:
-        raise VerificationError(f"target counts differ from source rows minus failed rows: {mismatches}")
-
-    switched = False
-    if not args.no_switch:
-        if tracker is not None:
-            tracker.update("switching", 99)
-        store_call(store, "set_alias", alias, target)
-        switched = previous != target
-    result["alias_switched"] = switched
+        result.update({"dry_run": True, "would_embed": result.pop("embedded"), "embedded_per_s": 0.0,
+                       "would_skip": result["skipped_existing"],
+                       "would_switch": sorted(m.org_id for m in moves if m.mode == "migrate" and not args.no_switch)})
     return result
+
+
+def connect_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # HEIMDEX_RAY_ADDRESS pins the cluster: a job driver's RAY_ADDRESS is resolved from the host-wide
+        # /tmp/ray/ray_current_cluster file, which names the newest cluster when a host runs several.
+        ray.init(address=os.environ.get("HEIMDEX_RAY_ADDRESS") or None)
+
+
+def route_command(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """``--rollback`` (database only, instant) or ``--finalize`` (also deletes the points left behind)."""
+    from deployments.registry import get_model
+    from serve_app.db.database import Database
+
+    model = get_model(args.model).name
+    db = Database(settings.resolved_database_url)
+    try:
+        if args.rollback:
+            return migration.rollback(db.sessions, model, args.org, args.to_version)
+        if not args.org:
+            raise ValueError("--finalize needs --org: it deletes the tenant's points from the collections it left")
+        from deployments.vector_store.actor import get_store
+
+        connect_ray()
+        return migration.finalize(db.sessions, get_store(settings), model, list(args.org))
+    finally:
+        db.dispose()
 
 
 def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
@@ -402,10 +582,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_on_sigterm)  # `ray job stop`: record the stop, then exit
-    tracker = JobTracker(settings, args.job_id) if args.job_id else None
+    if args.rollback or args.finalize:
+        result = route_command(args, settings)
+        print(RESULT_PREFIX + json.dumps({"status": "succeeded", **result}, default=str), flush=True)
+        return 0
+    # A run submitted straight to Ray Jobs (`ray job submit ... -- python -m jobs.reembed ...`) tracks
+    # itself: it creates its own job row, visible in the tenant's GET /jobs like one made by POST /jobs/reembed.
+    tracker = JobTracker(settings, args.job_id) if args.job_id else JobTracker.create(settings, args)
     try:
-        if tracker is not None:
-            tracker.start()
+        tracker.start()
         result = run(args, settings, tracker)
     except BaseException as exc:
         error = "stopped (SIGTERM)" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
@@ -413,19 +598,18 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("reembed stopped")
         else:
             log.exception("reembed failed")
-        if tracker is not None:
-            tracker.fail(error)
-            tracker.close()
+        tracker.fail(error)
+        tracker.close()
         print(RESULT_PREFIX + json.dumps({"status": "failed", "error": error}), flush=True)
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             raise
         return 1
-    if tracker is not None:
-        try:
-            tracker.succeed(result)
-        finally:
-            tracker.close()
-    print(RESULT_PREFIX + json.dumps({"status": "succeeded", **result}, default=str), flush=True)
+    try:
+        tracker.succeed(result)
+    finally:
+        tracker.close()
+    print(RESULT_PREFIX + json.dumps({"status": "succeeded", "job_id": tracker.job_id, **result}, default=str),
+          flush=True)
     return 0
 
 

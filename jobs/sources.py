@@ -2,10 +2,11 @@
 
 Sources are named by a URI-ish string:
 
-* ``collection:<model>`` — the points behind the model's alias (``embeddings__<model>``), e.g.
-  ``collection:mock`` for the mock → real migration; ``collection:<model>@<version>`` names one
-  physical collection. Points are scrolled tenant by tenant through the store actor, one Ray task
-  per tenant, page by page (nothing is gathered on the driver); the text comes from payload ``text``.
+* ``collection:<model>`` — each tenant's live collection of the model (its route, see
+  ``serve_app.db.routes``), e.g. ``collection:mock`` for the mock → real migration;
+  ``collection:<model>@<version>`` names one physical collection for every tenant. Points are
+  scrolled tenant by tenant through the store actor, one Ray task per tenant, page by page
+  (nothing is gathered on the driver); the text comes from payload ``text``.
 * ``jsonl:<path>`` / ``parquet:<path>`` — files with those four columns, local or any fsspec path,
   read with ``ray.data.read_json`` / ``ray.data.read_parquet``.
 
@@ -21,8 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
-
-from deployments.vector_store.base import alias_name, collection_name
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -44,12 +43,6 @@ class SourceSpec:
     model: str | None = None
     version: str | None = None
     path: str | None = None
-
-    def collection_ref(self) -> str:
-        """The collection (or alias) name a collection source scrolls."""
-        if self.kind != "collection" or self.model is None:
-            raise SourceError("not a collection source")
-        return collection_name(self.model, self.version) if self.version else alias_name(self.model)
 
     def describe(self) -> str:
         if self.kind == "collection":
@@ -95,10 +88,12 @@ def _text_and_issue(value: Any) -> tuple[str | None, str]:
 
 
 def scroll_tenant_pages(
-    batch: dict[str, Any], store: ActorHandle, collection: str, page_size: int = SCROLL_PAGE
+    batch: dict[str, Any], store: ActorHandle, collections: dict[str, str], page_size: int = SCROLL_PAGE
 ) -> Iterator[pd.DataFrame]:
-    """Ray Data generator UDF: for each tenant in ``batch``, yield its points page by page."""
+    """Ray Data generator UDF: for each tenant in ``batch``, yield its points (in ``collections[tenant]``,
+    the tenant's own source collection) page by page."""
     for tenant in [str(t) for t in batch["org_id"]]:
+        collection = collections[tenant]
         offset: str | None = None
         while True:
             points, offset = store_call(store, "scroll", collection, tenant, page_size, offset, False)
@@ -119,14 +114,24 @@ def scroll_tenant_pages(
                 break
 
 
-def collection_tenants(store: ActorHandle, collection: str, orgs: list[str] | None) -> list[str]:
-    """The tenants to process: those holding points, narrowed to ``orgs`` when given."""
-    present: list[str] = store_call(store, "tenants", collection)
-    return [t for t in present if t in set(orgs)] if orgs else present
+def model_tenants(store: ActorHandle, model: str) -> set[str]:
+    """Tenants holding points in any version of ``model``."""
+    from deployments.vector_store.base import parse_collection_name
+
+    found: set[str] = set()
+    for name in store_call(store, "list_collections"):
+        try:
+            if parse_collection_name(name)[0] != model:
+                continue
+        except ValueError:
+            continue
+        found.update(store_call(store, "tenants", name))
+    return found
 
 
-def count_collection(store: ActorHandle, collection: str, tenants: list[str]) -> dict[str, int]:
-    return {t: int(store_call(store, "count", collection, t)) for t in tenants}
+def count_collections(store: ActorHandle, collections: dict[str, str]) -> dict[str, int]:
+    """Each tenant's point count in its own collection."""
+    return {t: int(store_call(store, "count", c, t)) for t, c in collections.items()}
 
 
 def _add_issue_column(batch: pd.DataFrame) -> pd.DataFrame:
@@ -145,35 +150,39 @@ def build_dataset(
     spec: SourceSpec,
     store: ActorHandle | None = None,
     orgs: list[str] | None = None,
-    tenants: list[str] | None = None,
+    collections: dict[str, str] | None = None,
+    task_cpus: float = 0.05,
 ) -> Dataset:
     """The source as a Ray Dataset with columns org_id, asset_id, segment_id, text, text_issue, created_at.
 
-    For a collection source ``tenants`` (from :func:`collection_tenants`) says whom to scroll.
+    For a collection source ``collections`` maps each tenant to scroll to its source collection (a
+    tenant's live collection differs from another's during migrations). Every task asks ``task_cpus``.
     """
     import ray
 
     if spec.kind == "collection":
-        if store is None or tenants is None:
-            raise SourceError("a collection source needs the store actor and its tenant list")
-        collection = spec.collection_ref()
+        if store is None or collections is None:
+            raise SourceError("a collection source needs the store actor and each tenant's collection")
+        tenants = sorted(collections)
         seeds = ray.data.from_items([{"org_id": t} for t in tenants], override_num_blocks=max(1, len(tenants)))
         scroll: Any = scroll_tenant_pages
         return seeds.map_batches(
             scroll,
             batch_size=1,
             batch_format="numpy",
-            fn_kwargs={"store": store, "collection": collection},
-            num_cpus=0.25,
+            fn_kwargs={"store": store, "collections": collections},
+            num_cpus=task_cpus,
         )
     assert spec.path is not None
-    ds = ray.data.read_json(spec.path, lines=True) if spec.kind == "jsonl" else ray.data.read_parquet(spec.path)
+    remote = {"num_cpus": task_cpus}
+    ds = (ray.data.read_json(spec.path, lines=True, ray_remote_args=remote) if spec.kind == "jsonl"
+          else ray.data.read_parquet(spec.path, ray_remote_args=remote))
     missing = [c for c in ROW_COLUMNS if c not in (ds.columns() or [])]
     if missing:
         raise SourceError(f"source {spec.describe()} lacks column(s) {', '.join(missing)}")
     add_issue: Any = _add_issue_column
     keep_orgs: Any = _keep_orgs
-    ds = ds.map_batches(add_issue, batch_format="pandas", num_cpus=0.25)
+    ds = ds.map_batches(add_issue, batch_format="pandas", num_cpus=task_cpus)
     if orgs:
-        ds = ds.map_batches(keep_orgs, batch_format="pandas", fn_kwargs={"orgs": list(orgs)}, num_cpus=0.25)
+        ds = ds.map_batches(keep_orgs, batch_format="pandas", fn_kwargs={"orgs": list(orgs)}, num_cpus=task_cpus)
     return ds

@@ -72,8 +72,10 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     from cluster import jobs_client
     from jobs.reembed import to_argv
 
-    if not args.source and not args.rollback:
-        print("heimdex reembed: --source is required (unless --rollback)", file=sys.stderr)
+    if args.rollback or args.finalize:
+        return _route_command(args)
+    if not args.source:
+        print("heimdex reembed: --source is required (unless --rollback or --finalize)", file=sys.stderr)
         return 2
     dashboard = args.address or jobs_client.default_dashboard_url()
     job_args = to_argv(args)
@@ -86,11 +88,53 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _route_command(args: argparse.Namespace) -> int:
+    """Rollback (a database change, instant) or finalize (also deletes points through the running
+    cluster's store actor), run here rather than as a Ray Job."""
+    import json
+
+    from jobs.reembed import route_command
+    from serve_app.db import RouteConflictError
+
+    if args.finalize:
+        _connect_local_ray()
+    try:
+        result = route_command(args, get_settings())
+    except (RouteConflictError, ValueError) as exc:
+        print(f"heimdex reembed: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def print_routes(org: str | None) -> None:
+    """Which collection is live for every tenant and model, and any migration holding it."""
+    from serve_app.db.database import Database
+    from serve_app.db.routes import RouteRepository
+
+    db = Database(get_settings().resolved_database_url)
+    try:
+        with db.readonly_sessions() as session:
+            routes = RouteRepository(session).list(org_id=org)
+    finally:
+        db.dispose()
+    if not routes:
+        print("every tenant reads its model's registry collection (no re-embed has moved one)")
+        return
+    print(f"{'org':<20} {'model':<16} {'state':<10} {'live':<34} {'pending / previous':<34} job")
+    for r in routes:
+        other = r.pending or r.previous or "-"
+        print(f"{r.org_id:<20} {r.model:<16} {r.state:<10} {r.live:<34} {other:<34} {r.job_id or '-'}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from cluster import jobs_client
 
+    if args.submission_id is None:
+        print_routes(args.org)
+        return 0
     dashboard = args.address or jobs_client.default_dashboard_url()
     if args.follow:
         status = jobs_client.follow(dashboard, args.submission_id)
@@ -115,8 +159,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return result
 
 
-def _local_store() -> Any:
-    """The running local cluster's vector-store actor (started by `heimdex up`), as a StoreClient."""
+def _connect_local_ray() -> None:
+    """Connect this process to the running local cluster (started by `heimdex up`) as a driver."""
     from cluster import local
 
     cluster = local.LocalCluster(STATE_DIR.resolve())
@@ -125,9 +169,18 @@ def _local_store() -> Any:
         os.environ[key] = env[key]
     import ray
 
-    from deployments.vector_store.actor import NAMESPACE, StoreClient
+    from deployments.vector_store.actor import NAMESPACE
 
     ray.init(address=cluster.address, namespace=NAMESPACE, logging_level=40, log_to_driver=False)  # logging.ERROR
+
+
+def _local_store() -> Any:
+    """The running local cluster's vector-store actor (started by `heimdex up`), as a StoreClient."""
+    import ray
+
+    from deployments.vector_store.actor import NAMESPACE, StoreClient
+
+    _connect_local_ray()
     try:
         handle = ray.get_actor(get_settings().store_actor_name, namespace=NAMESPACE)
     except ValueError:
@@ -183,8 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     reembed.add_argument("--follow", action="store_true", help="tail the job's logs until it ends")
     reembed.set_defaults(func=cmd_reembed)
 
-    status = sub.add_parser("status", help="a submitted Ray Job's status (and re-embedding result)")
-    status.add_argument("submission_id")
+    status = sub.add_parser("status", help="which collection is live per tenant and model (any migration "
+                                           "running), or a submitted Ray Job's status and result")
+    status.add_argument("submission_id", nargs="?", default=None, help="a re-embed's Ray submission id")
+    status.add_argument("--org", default=None, help="only this tenant's routes")
     status.add_argument("--address", default=None, help="Ray dashboard URL (default: the local cluster's)")
     status.add_argument("--follow", action="store_true", help="tail the job's logs until it ends")
     status.set_defaults(func=cmd_status)

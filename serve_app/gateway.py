@@ -18,6 +18,7 @@ from serve_app.logging_setup import configure_logging
 from serve_app.metrics import MetricsSources
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
 from serve_app.routes import jobs, vectors_search, vectors_write
+from serve_app.routing import RouteResolver
 from serve_app.services import Services
 from serve_app.settings import get_settings
 
@@ -38,6 +39,7 @@ class Gateway:
         configure_logging()
         settings = get_settings()
         store = StoreClient.from_settings(settings)
+        database = Database(settings.resolved_database_url)
         self.services = Services(
             settings=settings,
             embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s),
@@ -45,7 +47,8 @@ class Gateway:
             limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
             gate=ConcurrencyGate(settings.max_in_flight),
             store=store,
-            db=Database(settings.resolved_database_url),
+            db=database,
+            routes=RouteResolver(database.sessions),
         )
         self.relay = relay
         self.embedders = embedders

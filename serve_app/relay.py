@@ -24,12 +24,13 @@ from deployments.metrics import RayMetrics
 from deployments.mock_vectors import MOCK_DIMENSION, MOCK_MODEL, MOCK_VERSION, mock_vector
 from deployments.point_ids import point_id_for
 from deployments.registry import get_model
-from deployments.vector_store import PointRecord, collection_name
+from deployments.vector_store import PointRecord, parse_collection_name
 from deployments.vector_store.actor import StoreClient
 from serve_app.db.database import Database
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.logging_setup import configure_logging, fields
+from serve_app.routing import RouteResolver
 from serve_app.settings import Settings, get_settings
 
 logger = logging.getLogger("heimdex.relay")
@@ -42,12 +43,12 @@ CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
 RELAY_IDLE_POLL_MAX_S = 0.25
 
 
-def point_payload(msg: ClaimedMessage) -> dict[str, Any]:
+def point_payload(msg: ClaimedMessage, model_version: str) -> dict[str, Any]:
     p = msg.payload
     text = str(p.get("text") or "")
     return {
         "org_id": p["org_id"], "asset_id": p["asset_id"], "segment_id": p["segment_id"], "model": p["model"],
-        "model_version": p["model_version"], "text": text, "text_preview": text[:TEXT_PREVIEW_CHARS],
+        "model_version": model_version, "text": text, "text_preview": text[:TEXT_PREVIEW_CHARS],
         "created_at": datetime.now(UTC).isoformat(), "job_id": msg.job_id,
     }
 
@@ -60,6 +61,7 @@ class RelayCore:
         self.embedders = embedders
         self.store = store
         self.db = Database(settings.resolved_database_url)
+        self.routes = RouteResolver(self.db.sessions)
         self.owner = owner or f"relay-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.queue = OutboxQueue(self.db.sessions, self.owner, settings.relay_lease_s, settings.relay_max_attempts,
                                  settings.relay_backoff_base_s, settings.relay_backoff_max_s)
@@ -109,13 +111,12 @@ class RelayCore:
     async def _process_embed(self, messages: list[ClaimedMessage]) -> None:
         alive = await asyncio.to_thread(self.queue.mark_running_many, messages, "embedding", 30)
         messages = [m for m, ok in zip(messages, alive, strict=True) if ok]
-        by_model: dict[tuple[str, str], list[ClaimedMessage]] = defaultdict(list)
+        by_model: dict[str, list[ClaimedMessage]] = defaultdict(list)
         for msg in messages:
-            by_model[(msg.payload["model"], msg.payload["model_version"])].append(msg)
-        await asyncio.gather(*(self._embed_group(model, version, group)
-                               for (model, version), group in by_model.items()))
+            by_model[msg.payload["model"]].append(msg)
+        await asyncio.gather(*(self._embed_group(model, group) for model, group in by_model.items()))
 
-    async def _embed_group(self, model: str, version: str, messages: list[ClaimedMessage]) -> None:
+    async def _embed_group(self, model: str, messages: list[ClaimedMessage]) -> None:
         try:
             if model == MOCK_MODEL:
                 vectors = [mock_vector(m.payload["org_id"], m.payload["asset_id"], m.payload["segment_id"])
@@ -128,23 +129,34 @@ class RelayCore:
                 token_counts, truncated = output.token_counts, output.truncated
             alive = await asyncio.to_thread(self.queue.mark_running_many, messages, "upserting", 70)
             keep = [i for i, ok in enumerate(alive) if ok]
-            collection = collection_name(model, version)
-            by_tenant: dict[str, list[PointRecord]] = defaultdict(list)
-            point_ids: dict[str, str] = {}
+            by_tenant: dict[str, list[int]] = defaultdict(list)
             for i in keep:
-                msg = messages[i]
-                p = msg.payload
-                pid = point_id_for(p["org_id"], p["asset_id"], p["segment_id"], model, version)
-                point_ids[msg.job_id] = pid
-                by_tenant[p["org_id"]].append(PointRecord(pid, vectors[i], point_payload(msg)))
-            for tenant, points in by_tenant.items():
-                await self.store.upsert(collection, tenant, points, wait=True)
+                by_tenant[messages[i].payload["org_id"]].append(i)
+            written: dict[int, tuple[str, str, list[str]]] = {}
+            for tenant, rows in by_tenant.items():
+                # The tenant's route says where its vectors live now: live, plus the collection a running
+                # migration fills (or the one a rollback would return to). Each version has its own point ID.
+                route = await self.routes.aresolve(tenant, model)
+                for target in route.write_targets:
+                    target_version = parse_collection_name(target)[1]
+                    points = [PointRecord(point_id_for(tenant, messages[i].payload["asset_id"],
+                                                       messages[i].payload["segment_id"], model, target_version),
+                                          vectors[i], point_payload(messages[i], target_version)) for i in rows]
+                    await self.store.upsert(target, tenant, points, wait=True)
+                    if target == route.live:
+                        for i, point in zip(rows, points, strict=True):
+                            written[i] = (point.id, target_version, route.write_targets)
             self._maybe_crash("after_upsert")
-            results = [(messages[i], {
-                "point_id": point_ids[messages[i].job_id], "collection": collection, "model": model,
-                "model_version": version, "vector_size": len(vectors[i]), "tokens": int(token_counts[i]),
-                "truncated": bool(truncated[i]), "completed_at": datetime.now(UTC).isoformat(),
-            }) for i in keep]
+            results = []
+            for i in keep:
+                p = messages[i].payload
+                pid, live_version, targets = written[i]
+                results.append((messages[i], {
+                    "org_id": p["org_id"], "asset_id": p["asset_id"], "segment_id": p["segment_id"],
+                    "point_id": pid, "collection": targets[0], "collections": targets, "model": model,
+                    "model_version": live_version, "vector_size": len(vectors[i]), "tokens": int(token_counts[i]),
+                    "truncated": bool(truncated[i]), "completed_at": datetime.now(UTC).isoformat(),
+                }))
             done = await asyncio.to_thread(self.queue.complete_many, results)
             self.delivered += sum(done)
             self.ray_metrics.counter("heimdex_relay_delivered", "outbox messages delivered", sum(done), {})

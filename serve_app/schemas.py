@@ -106,10 +106,25 @@ class DeleteAssetResponse(BaseModel):
     models: list[str]
 
 
+class TenantRouteView(BaseModel):
+    """Where one model's vectors of the tenant live, and whether a migration holds them."""
+
+    live: str = Field(description="The collection search reads and writes land in.")
+    state: str = Field(description="steady | migrating (a re-embed fills `pending`) | switched (`previous` kept).")
+    pending: str | None = Field(None, description="The collection a running re-embed fills (writes reach it too).")
+    previous: str | None = Field(None, description="The collection a rollback returns to (writes reach it too).")
+    job_id: str | None = Field(None, description="The re-embed job that set this state.")
+    source: str | None = Field(None, description="What that re-embed read.")
+    verified_at: str | None = Field(None, description="When that re-embed's counts were verified.")
+    live_points: int = Field(description="This tenant's points in `live`.")
+
+
 class VectorStats(BaseModel):
     org_id: str
-    models: dict[str, int] = Field(description="Points of this tenant per model (through the model's alias).")
+    models: dict[str, int] = Field(description="Points of this tenant per model, in its live collection.")
     collections: dict[str, int] = Field(description="Points of this tenant per physical collection.")
+    routes: dict[str, TenantRouteView] = Field(
+        default_factory=dict, description="Per model: the live collection and any migration state.")
 
 
 class EmbedRequest(BaseModel):
@@ -204,3 +219,4 @@ class ReembedRequest(BaseModel):
     model: StrictStr = Field(description="Registered model to embed with.")
     to_version: VersionName | None = Field(None, description="Target collection version; the registry's when omitted.")
     dry_run: bool = Field(False, description="Report what would happen; write nothing.")
+    switch: bool = Field(True, description="Switch this tenant to the target once verified (false: verify only).")

@@ -18,3 +18,4 @@ class Services:
     gate: Any  # serve_app.rate_limit.ConcurrencyGate
     store: Any | None = None  # deployments.vector_store.StoreClient
     db: Any | None = None  # serve_app.db sessionmaker
+    routes: Any | None = None  # serve_app.routing.RouteResolver (per-tenant live collections)

@@ -16,6 +16,7 @@ from deployments.vector_store.base import (
     VectorStoreError,
     alias_name,
     collection_name,
+    parse_collection_name,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "VectorStoreError",
     "alias_name",
     "collection_name",
+    "parse_collection_name",
 ]

@@ -86,6 +86,14 @@ def collection_name(model: str, version: str) -> str:
     return f"{COLLECTION_PREFIX}{model}__{version}"
 
 
+def parse_collection_name(name: str) -> tuple[str, str]:
+    """(model, version) of a physical collection name; ValueError for anything else."""
+    model, sep, version = name.removeprefix(COLLECTION_PREFIX).rpartition("__")
+    if not name.startswith(COLLECTION_PREFIX) or not sep or not model or not version:
+        raise ValueError(f"{name!r} is not a collection name of the form {COLLECTION_PREFIX}<model>__<version>")
+    return model, version
+
+
 def alias_name(model: str) -> str:
     """The stable alias callers search through; re-pointing it switches model versions."""
     return f"{COLLECTION_PREFIX}{model}"

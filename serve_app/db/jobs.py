@@ -136,6 +136,12 @@ class JobRepository:
             )
         )
 
+    def create_tracked_job(self, org_id: str, job_type: str, job_key: str, requested_by: str | None) -> CreatedJob:
+        """Create a job row (and its first event) for work that already runs elsewhere, e.g. a re-embed
+        submitted straight to Ray Jobs: no outbox message, so no relay starts it a second time."""
+        return self._in_transaction(
+            lambda: self._create_one(org_id, job_type, job_key, requested_by, None, lambda job_id: {}))
+
     def _create_embed_many(
         self, org_id: str, requested_by: str | None, segments: list[EmbedSegment]
     ) -> list[CreatedJob]:
@@ -197,7 +203,7 @@ class JobRepository:
         job_type: str,
         job_key: str,
         requested_by: str | None,
-        task: str,
+        task: str | None,
         payload: Callable[[str], dict[str, Any]],
     ) -> CreatedJob:
         existing = self._job_by_key(job_key)
@@ -224,7 +230,8 @@ class JobRepository:
                 self._session.add(job)
                 self._session.flush()
                 self._session.add(_first_event(job_id, now))
-                self._session.add(_new_outbox_row(job_id, task, {**payload(job_id), "job_id": job_id}, now))
+                if task is not None:
+                    self._session.add(_new_outbox_row(job_id, task, {**payload(job_id), "job_id": job_id}, now))
                 self._session.flush()
         except IntegrityError:
             winner = self._job_by_key(job_key)

@@ -63,16 +63,18 @@ async def reembed(body: ReembedRequest, services: ServicesDep, principal: AdminD
     """Re-embed THIS tenant's segments (e.g. ``collection:mock`` → a real model) as a Ray Job.
 
     The job and its outbox row are written in one transaction; the relay submits the Ray Job, so a
-    request is never lost between the database and Ray. The run writes and verifies the target
-    version's collection but leaves the model alias alone: switching it affects every tenant and is
-    an operator's step (``heimdex reembed``).
+    request is never lost between the database and Ray. The run moves this tenant alone: it fills the
+    target version (writes made meanwhile reach it too), verifies it against the source and switches
+    this tenant's live collection (``switch: false`` only verifies). Other tenants are untouched.
     """
     check_idempotency_key(idempotency_key)
     try:
         spec = get_model(body.model)
     except UnknownModelError as exc:
         raise ApiError(404, "model_not_found", str(exc), field="model") from None
-    args = ["--source", body.source, "--model", spec.name, "--org", principal.org_id, "--no-switch"]
+    args = ["--source", body.source, "--model", spec.name, "--org", principal.org_id]
+    if not body.switch:
+        args.append("--no-switch")
     if body.to_version:
         args += ["--to-version", body.to_version]
     if body.dry_run:

@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from fastapi import APIRouter, Path
 
-from deployments.vector_store import alias_name
+from deployments.mock_vectors import MOCK_MODEL
+from deployments.vector_store import parse_collection_name
 from serve_app.deps import PrincipalDep, ServicesDep
 from serve_app.errors import ApiError
 from serve_app.models_check import resolve_model
 from serve_app.routes.openai_compat import ERROR_RESPONSES
-from serve_app.schemas import DeleteAssetResponse, SearchRequest, SearchResponse, SearchResult, VectorStats
+from serve_app.routing import RouteResolver
+from serve_app.schemas import (
+    DeleteAssetResponse,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+    TenantRouteView,
+    VectorStats,
+)
 from serve_app.services import Services
 
 router = APIRouter(prefix="/vectors", tags=["vectors"])
 
-ALIAS_PREFIX = alias_name("")
 SEARCH_PAYLOAD_FIELDS = ["asset_id", "segment_id", "text_preview"]
+
+
+def _model_of(collection: str) -> str:
+    try:
+        return parse_collection_name(collection)[0]
+    except ValueError:
+        return collection
+
+
+def _routes(services: Services) -> RouteResolver:
+    if services.routes is None:
+        raise ApiError(503, "database_unavailable", "the job database is not configured", headers={"Retry-After": "5"})
+    resolver: RouteResolver = services.routes
+    return resolver
 
 
 def _store(services: Services):  # type: ignore[no-untyped-def]
@@ -51,8 +74,9 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
         assert body.query is not None
         output = await services.embedders.embed(spec.name, [body.query])
         vector = output.vectors[0].tolist()
+    route = await _routes(services).aresolve(principal.org_id, spec.name)
     hits = await _store(services).search(
-        alias_name(spec.name), principal.org_id, vector, limit=body.limit, asset_id=body.asset_id,
+        route.live, principal.org_id, vector, limit=body.limit, asset_id=body.asset_id,
         score_threshold=body.score_threshold, with_payload=SEARCH_PAYLOAD_FIELDS)
     return SearchResponse(
         results=[SearchResult(point_id=h.point_id, score=h.score, asset_id=str(h.payload.get("asset_id", "")),
@@ -66,25 +90,29 @@ async def delete_asset(
     services: ServicesDep, principal: PrincipalDep,
     asset_id: str = Path(..., min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"),
 ) -> DeleteAssetResponse:
-    """Delete this tenant's points of ``asset_id`` in every model's live collection (other tenants untouched)."""
+    """Delete this tenant's points of ``asset_id`` in every collection, every model and version (other
+    tenants untouched): a rollback or a migration's target can never bring a deleted asset back."""
     store = _store(services)
-    aliases = await store.call("list_aliases")
+    collections: list[str] = await store.call("list_collections")
     deleted = 0
-    models: list[str] = []
-    for alias in sorted(aliases):
-        count = await store.delete_asset(alias, principal.org_id, asset_id)
+    models: set[str] = set()
+    for collection in collections:
+        count = await store.delete_asset(collection, principal.org_id, asset_id)
         deleted += count
         if count:
-            models.append(alias.removeprefix(ALIAS_PREFIX))
-    return DeleteAssetResponse(asset_id=asset_id, deleted=deleted, models=models)
+            models.add(_model_of(collection))
+    return DeleteAssetResponse(asset_id=asset_id, deleted=deleted, models=sorted(models))
 
 
 @router.get("/stats", response_model=VectorStats, responses=ERROR_RESPONSES)
 async def stats(services: ServicesDep, principal: PrincipalDep) -> VectorStats:
-    """This tenant's point counts per model and per collection."""
+    """This tenant's point counts per model (live collection) and per collection, and each model's route:
+    which collection is live and whether a migration is running or a rollback is possible."""
     store = _store(services)
     per_collection: dict[str, int] = await store.stats(principal.org_id)
-    aliases: dict[str, str] = await store.call("list_aliases")
-    per_model = {alias.removeprefix(ALIAS_PREFIX): per_collection.get(target, 0)
-                 for alias, target in sorted(aliases.items())}
-    return VectorStats(org_id=principal.org_id, models=per_model, collections=per_collection)
+    models = sorted({*services.embedders.served_models(), MOCK_MODEL})
+    routes = await asyncio.to_thread(_routes(services).routes_of, principal.org_id, models)
+    views = {model: TenantRouteView(**{**route.as_dict(), "live_points": per_collection.get(route.live, 0)})
+             for model, route in routes.items()}
+    return VectorStats(org_id=principal.org_id, models={m: v.live_points for m, v in views.items()},
+                       collections=per_collection, routes=views)

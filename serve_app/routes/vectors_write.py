@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Header
@@ -11,6 +12,7 @@ from starlette.responses import Response
 
 from deployments.mock_vectors import MOCK_MODEL, MOCK_VERSION
 from deployments.point_ids import point_id_for
+from deployments.vector_store import parse_collection_name
 from serve_app.db import CreatedJob, EmbedSegment, IdempotencyConflictError, JobRepository, request_hash
 from serve_app.deps import PrincipalDep, ServicesDep
 from serve_app.errors import ApiError, json_response
@@ -57,6 +59,18 @@ def _segment(services: Services, item: EmbedRequest, field_prefix: str) -> Embed
                         model_version=spec.version)
 
 
+async def _live_versions(services: Services, org_id: str, segments: list[EmbedSegment]) -> list[EmbedSegment]:
+    """The segments with the version of the tenant's live collection of their model (a migrated tenant
+    writes, and is answered, in its new version); unchanged without a route resolver."""
+    if services.routes is None:
+        return segments
+    versions: dict[str, str] = {}
+    for model in {s.model for s in segments}:
+        route = await services.routes.aresolve(org_id, model)
+        versions[model] = parse_collection_name(route.live)[1]
+    return [replace(s, model_version=versions[s.model]) for s in segments]
+
+
 async def _create(services: Services, org_id: str, sub: str, segments: list[EmbedSegment],
                   idempotency_key: str | None, body_hash: str) -> list[CreatedJob]:
     db = services.db
@@ -86,7 +100,7 @@ async def embed(body: EmbedRequest, services: ServicesDep, principal: PrincipalD
                 idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Accept one segment: the job, its first event and its outbox row are written in one transaction."""
     check_idempotency_key(idempotency_key)
-    segment = _segment(services, body, "")
+    segment = (await _live_versions(services, principal.org_id, [_segment(services, body, "")]))[0]
     created = await _create(services, principal.org_id, principal.sub, [segment], idempotency_key,
                             request_hash(body.model_dump()))
     return json_response(_accepted(principal.org_id, segment, created[0]).model_dump(), 202)
@@ -102,6 +116,7 @@ async def embed_batch(body: EmbedBatchRequest, services: ServicesDep, principal:
         raise ApiError(422, "too_many_segments", f"{len(body.segments)} segments; at most {limit} per request",
                        field="segments")
     segments = [_segment(services, item, f"segments.{i}.") for i, item in enumerate(body.segments)]
+    segments = await _live_versions(services, principal.org_id, segments)
     created = await _create(services, principal.org_id, principal.sub, segments, idempotency_key,
                             request_hash(body.model_dump()))
     jobs = [_accepted(principal.org_id, s, c) for s, c in zip(segments, created, strict=True)]

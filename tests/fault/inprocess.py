@@ -26,6 +26,7 @@ from serve_app.embedder_client import LocalEmbedderClient
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
 from serve_app.relay import RelayCore
 from serve_app.routes import jobs, vectors_search, vectors_write
+from serve_app.routing import RouteResolver
 from serve_app.services import Services
 from serve_app.settings import Settings
 
@@ -77,6 +78,7 @@ def make_services(settings: Settings, store: Any = None, db: Database | None = N
         gate=ConcurrencyGate(settings.max_in_flight),
         store=store,
         db=db,
+        routes=None if db is None else RouteResolver(db.sessions),
     )
 
 
