@@ -76,7 +76,7 @@ def test_declared_huge_body_is_413_before_reading(serve_app: ServeApp) -> None:
     host = urlsplit(serve_app.url).netloc
     status, body = _raw(serve_app, f"POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                                    f"Content-Length: {50 * LIMIT}\r\n\r\n", [b'{"input": "'])
-    assert status == 413 and b"payload_too_large" in body
+    assert status == 413 and b'"code":"body_too_large"' in body
     _still_serves(serve_app)
 
 
@@ -88,7 +88,7 @@ def test_chunked_huge_body_is_413(serve_app: ServeApp) -> None:
     frames += [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 10 + [b"0\r\n\r\n"]
     status, body = _raw(serve_app, f"POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                                    "Transfer-Encoding: chunked\r\n\r\n", frames)
-    assert status == 413 and b"payload_too_large" in body
+    assert status == 413 and b'"code":"body_too_large"' in body
     _still_serves(serve_app)
 
 
