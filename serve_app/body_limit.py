@@ -79,8 +79,12 @@ class BodySizeLimitMiddleware:
         body = json.dumps(
             {
                 "error": {
+                    # The API's error shape (serve_app.errors.error_body), built here without importing
+                    # the application: this middleware answers before anything else runs.
                     "type": "payload_too_large",
+                    "code": "body_too_large",
                     "message": f"Request body exceeds the limit of {self.max_bytes} bytes.",
+                    "param": "body",
                     "field": "body",
                 }
             },

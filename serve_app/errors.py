@@ -7,6 +7,8 @@ Body: ``{"error": {"type", "code", "message", "param", "field"}}`` — OpenAI's 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -73,11 +75,114 @@ def too_busy(message: str, retry_after_s: float = 1.0) -> ApiError:
     return ApiError(503, "overloaded", message, headers={"Retry-After": str(max(1, round(retry_after_s)))})
 
 
-def _field_of(loc: tuple[Any, ...]) -> str | None:
+_SOURCES = ("body", "query", "path", "header")
+# A location element that is not a plain name is a tag pydantic adds for a union member or a constrained
+# type ("constrained-str", "list[constrained-str]", "function-after[check_text(), constrained-str]").
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BARE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "set", "tuple", "none"})
+# Pydantic error types meaning "wrong JSON type", and what the value should have been.
+_EXPECTED = {"string_type": "a string", "list_type": "a list", "dict_type": "an object", "model_type": "an object",
+             "model_attributes_type": "an object", "int_type": "an integer", "int_parsing": "an integer",
+             "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+             "bool_type": "a boolean", "bool_parsing": "a boolean", "literal_error": None}
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in _BARE_TAGS or not _PLAIN_NAME.match(part))
+
+
+def _split_loc(error: Mapping[str, Any]) -> tuple[list[str], tuple[Any, ...] | None, Any]:
+    """The field path without source and tags, where the first union on the path is, and its member's tag.
+
+    The first name under the source is always the field (a header such as ``Idempotency-Key`` is not a tag);
+    so is the last element of ``extra_forbidden``, which is a key the client sent.
+    """
+    loc = tuple(error.get("loc", ()))
+    rest = loc[1:] if loc and loc[0] in _SOURCES else loc
+    parts: list[str] = []
+    union_at: tuple[Any, ...] | None = None
+    member: Any = None
+    for i, part in enumerate(rest):
+        protected = i == 0 or (i == len(rest) - 1 and error.get("type") == "extra_forbidden")
+        if not protected and _is_tag(part):
+            if union_at is None:
+                union_at, member = rest[:i], part
+            continue
+        parts.append(str(part))
+    return parts, union_at, member
+
+
+def _field_of(error: Mapping[str, Any]) -> str | None:
     # The first element says where the value came from (body, query, path, header); the rest is the field.
-    source_named = bool(loc) and loc[0] in ("body", "query", "path", "header")
-    parts = [str(p) for p in (loc[1:] if source_named else loc)]
-    return ".".join(parts) if parts else ("body" if loc and loc[0] == "body" else None)
+    parts = _split_loc(error)[0]
+    return ".".join(parts) if parts else ("body" if tuple(error.get("loc", ()))[:1] == ("body",) else None)
+
+
+def _describe(error: Mapping[str, Any], field: str | None, expected: list[str]) -> str:
+    """A message naming the rule the client broke, for the common cases; pydantic's own otherwise."""
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    name = field or "body"
+    if kind == "missing":
+        return f"{name} is required"
+    if kind == "string_too_short":
+        least = ctx.get("min_length", 1)
+        return f"{name} must not be empty" if least == 1 else f"{name} must have at least {least} characters"
+    if kind == "string_too_long":
+        return f"{name} must have at most {ctx.get('max_length')} characters"
+    if kind == "too_short":
+        least = ctx.get("min_length", 1)
+        return f"{name} must not be an empty list" if least == 1 else f"{name} must hold at least {least} items"
+    if kind == "too_long":
+        return f"{name} must hold at most {ctx.get('max_length')} items"
+    if kind == "extra_forbidden":
+        return f"{name} is not a known field"
+    if expected:
+        return f"{name} must be {' or '.join(expected)}"
+    message = str(error.get("msg", "invalid value"))
+    return f"{name}: {message}" if field else message
+
+
+def _rank(error: Mapping[str, Any]) -> tuple[bool, int]:
+    return error.get("type") not in _EXPECTED, len(_split_loc(error)[0])
+
+
+def _closest(group: list[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], list[str]]]:
+    """Of the errors one union produced, those of the member that matched the value's JSON type best.
+
+    A member that took the value's type and failed a rule (an empty string, a control character) beats
+    members of the wrong type; a deeper error beats a shallower one (``input.3`` beats ``input``). A type
+    mismatch lists every type the members at that place expected ("input must be a string or a list").
+    """
+    members: dict[Any, list[Mapping[str, Any]]] = {}
+    for error in group:
+        members.setdefault(_split_loc(error)[2], []).append(error)
+    chosen = max(members.values(), key=lambda errors: max(map(_rank, errors)))  # max keeps the first of equals
+    result = []
+    for error in chosen:
+        expected: list[str] = []
+        if not _rank(error)[0]:
+            place = _split_loc(error)[0]
+            for other in group:
+                noun = _EXPECTED.get(str(other.get("type")))
+                if noun and _split_loc(other)[0] == place and noun not in expected:
+                    expected.append(noun)
+        result.append((error, expected))
+    return result
+
+
+def _validation_errors(errors: list[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str | None, str]]:
+    """(error, field, message) per failed input; of each union only the closest member's errors are kept."""
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for index, error in enumerate(errors):
+        union_at = _split_loc(error)[1]
+        groups.setdefault(("union", union_at) if union_at is not None else ("error", index), []).append(error)
+    result = []
+    for group in groups.values():
+        for error, expected in _closest(group):
+            field = _field_of(error)
+            result.append((error, field, _describe(error, field, expected)))
+    return result
 
 
 async def _api_error_handler(_: Request, exc: Exception) -> Response:
@@ -87,19 +192,14 @@ async def _api_error_handler(_: Request, exc: Exception) -> Response:
 
 async def _validation_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
-    if first.get("type") == "json_invalid":
+    errors = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request", "type": "value_error"}]
+    if errors[0].get("type") == "json_invalid":
         return json_response(error_body("invalid_request_error", "invalid_json",
-                                        f"request body is not valid JSON: {first.get('msg')}", "body"), 400)
-    field = _field_of(tuple(first.get("loc", ())))
-    message = str(first.get("msg", "invalid value"))
-    if first.get("type") == "missing":
-        message = "field required"
-    detail = [{"field": _field_of(tuple(e.get("loc", ()))), "message": str(e.get("msg"))} for e in errors[:20]]
-    body = error_body("invalid_request_error", str(first.get("type", "invalid_value")),
-                      f"{field}: {message}" if field else message, field)
-    body["error"]["details"] = detail
+                                        f"request body is not valid JSON: {errors[0].get('msg')}", "body"), 400)
+    reported = _validation_errors(errors)
+    first, field, message = reported[0]
+    body = error_body("invalid_request_error", str(first.get("type", "invalid_value")), message, field)
+    body["error"]["details"] = [{"field": f, "code": str(e.get("type")), "message": m} for e, f, m in reported[:20]]
     return json_response(body, 422)
 
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic_core import PydanticCustomError
 
-NonEmptyText = Annotated[StrictStr, Field(min_length=1)]
+# C0 control characters other than tab, LF and CR, and DEL. NUL cannot be stored in a PostgreSQL text
+# column, and none of them carries meaning for an embedding model.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def check_text(text: str) -> str:
+    """The one rule for every text the API embeds (``input``, ``text``, ``query``): no control characters."""
+    found = CONTROL_CHARACTERS.search(text)
+    if found is not None:
+        raise PydanticCustomError(
+            "control_characters",
+            "contains the control character {character} at position {position}; only tab, LF and CR are allowed",
+            {"character": f"U+{ord(found.group()):04X}", "position": found.start()})
+    return text
+
+
+# Every text that is embedded: non-empty, no control characters (check_text).
+EmbedText = Annotated[StrictStr, Field(min_length=1), AfterValidator(check_text)]
+# The length bound sits before check_text so that pydantic reports it as a string length.
+SearchQuery = Annotated[StrictStr, Field(min_length=1, max_length=2000), AfterValidator(check_text)]
 
 
 class EmbeddingsRequest(BaseModel):
@@ -14,8 +35,8 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] = Field(
-        ..., description="A string or a non-empty list of non-empty strings.")
+    input: EmbedText | Annotated[list[EmbedText], Field(min_length=1)] = Field(
+        ..., description="A string or a non-empty list of non-empty strings; no control characters but tab, LF, CR.")
     model: StrictStr | None = Field(None, description="Registered model name; the default model when omitted.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded.")
@@ -76,7 +97,7 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[StrictStr, Field(min_length=1, max_length=2000)] | None = Field(
+    query: SearchQuery | None = Field(
         None, description="Text to search for; embedded with the same model and batching as the write path.")
     vector: list[float] | None = Field(None, description="A precomputed query vector of the model's dimension.")
     limit: int = Field(10, ge=1, le=100)
@@ -134,7 +155,7 @@ class EmbedRequest(BaseModel):
 
     asset_id: Identifier
     segment_id: Identifier
-    text: Annotated[StrictStr, Field(min_length=1)]
+    text: EmbedText = Field(description="Text to embed; no control characters but tab, LF and CR.")
     model: StrictStr | None = Field(None, description="Registered model; the default when omitted.")
 
 
@@ -151,7 +172,7 @@ class MockEmbedRequest(BaseModel):
 
     asset_id: Identifier
     segment_id: Identifier
-    text: Annotated[StrictStr, Field(min_length=1)] | None = Field(
+    text: EmbedText | None = Field(
         None, description="Optional text, stored so a later re-embed can replace the mock vector.")
 
 

@@ -18,14 +18,15 @@ from serve_app.db import upgrade_database
 from serve_app.db.database import Database
 from serve_app.embedder_client import LocalEmbedderClient
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
-from serve_app.routes import jobs, vectors_write
+from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.services import Services
 from serve_app.settings import Settings
 
 SECRET = "unit-test-secret-0123456789abcdef0123456789"
 
 
-def make_client(tmp_path: Path, **overrides: object) -> httpx.AsyncClient:
+def make_client(tmp_path: Path, routers: tuple[object, ...] = (vectors_write.router, jobs.router),
+                **overrides: object) -> httpx.AsyncClient:
     settings = Settings(data_dir=tmp_path, jwt_secret=SECRET, **overrides)  # type: ignore[arg-type]
     upgrade_database(settings.resolved_database_url)
     services = Services(
@@ -34,8 +35,11 @@ def make_client(tmp_path: Path, **overrides: object) -> httpx.AsyncClient:
         verifier=TokenVerifier(settings), limiter=TenantRateLimiter(1000, 1000), gate=ConcurrencyGate(100),
         db=Database(settings.resolved_database_url),
     )
-    app = create_api(services, extra_routers=(vectors_write.router, jobs.router))
+    app = create_api(services, extra_routers=routers)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+ALL_ROUTERS = (vectors_write.router, vectors_search.router, jobs.router)
 
 
 def bearer(settings_env: str = "development", org: str = "org-a") -> dict[str, str]:

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
 from serve_app.body_limit import BodySizeLimitMiddleware
+from serve_app.errors import error_body
 
 LIMIT = 1024
 
@@ -58,8 +59,11 @@ def assert_413(response: ResponseLike, max_bytes: int = LIMIT) -> None:
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
+    # The API's one error shape: type, code, message, param and field (serve_app/errors.py).
+    assert set(error) == set(error_body("t", "c", "m", "f")["error"])
     assert error["type"] == "payload_too_large"
-    assert error["field"] == "body"
+    assert error["code"] == "body_too_large"
+    assert error["field"] == error["param"] == "body"
     assert str(max_bytes) in error["message"]
 
 
