@@ -202,13 +202,10 @@ def rollback(sessions: sessionmaker[Session], model: str, orgs: list[str] | None
     return {"rollback": True, "model": model, "tenants": done}
 
 
-def finalize(sessions: sessionmaker[Session], store: ActorHandle, model: str, orgs: list[str]) -> dict[str, Any]:
-    """For each tenant whose last re-embed of ``model`` was verified: stop the double write into the
-    previous collection (no rollback past this) and delete the tenant's points from the collections it
-    left (the previous one, and a source such as the mock collection). Refused for an unverified tenant."""
+def check_finalizable(sessions: sessionmaker[Session], model: str, orgs: list[str]) -> None:
+    """Refuse (RouteConflictError) unless every tenant's last re-embed of ``model`` was verified."""
     from serve_app.db.routes import RouteConflictError, RouteRepository, RouteState
 
-    out: dict[str, Any] = {}
     with sessions() as session:
         repo = RouteRepository(session)
         for org in orgs:
@@ -216,7 +213,20 @@ def finalize(sessions: sessionmaker[Session], store: ActorHandle, model: str, or
             if not rows or rows[0].verified_at is None or rows[0].state == RouteState.MIGRATING:
                 raise RouteConflictError(
                     f"tenant {org!r} has no verified re-embed of {model}; run `heimdex reembed` for it first")
-            route = rows[0]
+
+
+def finalize(sessions: sessionmaker[Session], store: ActorHandle, model: str, orgs: list[str]) -> dict[str, Any]:
+    """For each tenant whose last re-embed of ``model`` was verified: stop the double write into the
+    previous collection (no rollback past this) and delete the tenant's points from the collections it
+    left (the previous one, and a source such as the mock collection). Refused for an unverified tenant."""
+    from serve_app.db.routes import RouteRepository, RouteState
+
+    check_finalizable(sessions, model, orgs)
+    out: dict[str, Any] = {}
+    with sessions() as session:
+        repo = RouteRepository(session)
+        for org in orgs:
+            route = repo.list(org_id=org, model=model)[0]
             dropped = {route.previous} if route.previous else set()
             if route.state == RouteState.SWITCHED:
                 route, _ = repo.finalize(org, model)

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -550,8 +551,10 @@ def connect_ray() -> None:
         ray.init(address=os.environ.get("HEIMDEX_RAY_ADDRESS") or None)
 
 
-def route_command(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """``--rollback`` (database only, instant) or ``--finalize`` (also deletes the points left behind)."""
+def route_command(args: argparse.Namespace, settings: Settings,
+                  connect: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``--rollback`` (database only, instant) or ``--finalize`` (also deletes the points left behind,
+    through the store actor of the cluster ``connect`` joins; refused before that when unverified)."""
     from deployments.registry import get_model
     from serve_app.db.database import Database
 
@@ -564,7 +567,8 @@ def route_command(args: argparse.Namespace, settings: Settings) -> dict[str, Any
             raise ValueError("--finalize needs --org: it deletes the tenant's points from the collections it left")
         from deployments.vector_store.actor import get_store
 
-        connect_ray()
+        migration.check_finalizable(db.sessions, model, list(args.org))
+        (connect or connect_ray)()
         return migration.finalize(db.sessions, get_store(settings), model, list(args.org))
     finally:
         db.dispose()

@@ -96,10 +96,8 @@ def _route_command(args: argparse.Namespace) -> int:
     from jobs.reembed import route_command
     from serve_app.db import RouteConflictError
 
-    if args.finalize:
-        _connect_local_ray()
     try:
-        result = route_command(args, get_settings())
+        result = route_command(args, get_settings(), connect=_connect_local_ray)
     except (RouteConflictError, ValueError) as exc:
         print(f"heimdex reembed: {exc}", file=sys.stderr)
         return 2

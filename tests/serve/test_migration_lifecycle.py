@@ -1,0 +1,173 @@
+"""A tenant's migration as users run it, on the session's real cluster: writes before, during and after
+a re-embed are all found by search; the other tenant is untouched; delete reaches every version;
+rollback is instant and loses nothing; a mock → real fill is verified before its mock points may go.
+
+The re-embed is submitted the way `heimdex reembed` submits it, with no --num-cpus and no
+--to-version: the plan must fit what the Serve app leaves free on this machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.texts import short_texts
+from cluster import jobs_client
+from deployments.vector_store import collection_name
+from tests.conftest import ServeApp
+from tests.serve.helpers import auth, wait_job
+
+pytestmark = pytest.mark.serve
+
+MODEL = "minilm-l6-v2"
+V1 = collection_name(MODEL, "v1")
+JOB_TIMEOUT_S = 420.0
+
+
+def until(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s:.0f}s"
+        time.sleep(0.2)
+
+
+def write(url: str, org: str, segments: list[tuple[str, str, str]]) -> None:
+    body = {"segments": [{"asset_id": a, "segment_id": s, "text": t} for a, s, t in segments]}
+    response = httpx.post(f"{url}/vectors/embed:batch", headers=auth(org), json=body, timeout=60)
+    assert response.status_code == 202, response.text
+    for job in response.json()["jobs"]:
+        assert wait_job(url, org, job["job_id"])["status"] == "succeeded"
+
+
+def found(url: str, org: str, segments: list[tuple[str, str, str]]) -> int:
+    """How many segments come back in the top 3 when searched by their own text."""
+    hits = 0
+    for asset, seg, text in segments:
+        response = httpx.post(f"{url}/vectors/search", headers=auth(org), json={"query": text, "limit": 3}, timeout=30)
+        assert response.status_code == 200, response.text
+        hits += any(h["asset_id"] == asset and h["segment_id"] == seg for h in response.json()["results"])
+    return hits
+
+
+def route(url: str, org: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/vectors/stats", headers=auth(org), timeout=30)
+    assert response.status_code == 200, response.text
+    return dict(response.json()["routes"][MODEL])
+
+
+def submit(serve_app: ServeApp, args: list[str]) -> str:
+    import ray
+
+    pin = {"HEIMDEX_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return jobs_client.submit_reembed(serve_app.cluster.dashboard_url, args, None, extra_env=pin)
+
+
+def finished(serve_app: ServeApp, submission: str) -> dict[str, Any]:
+    status = jobs_client.wait(serve_app.cluster.dashboard_url, submission, timeout_s=JOB_TIMEOUT_S)
+    if status["status"] != "SUCCEEDED":
+        logs = jobs_client.make_client(serve_app.cluster.dashboard_url).get_job_logs(submission)
+        pytest.fail(f"re-embed {submission} ended {status['status']}: {status['message']}\n{logs[-4000:]}")
+    return dict(status["result"])
+
+
+def heimdex(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `heimdex` command as a user runs it (same database: the session's HEIMDEX_* environment)."""
+    return subprocess.run([str(Path(sys.executable).parent / "heimdex"), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_migration_finds_every_write_and_spares_the_other_tenant(serve_app: ServeApp) -> None:
+    from deployments.vector_store.actor import StoreClient
+    from serve_app.settings import Settings
+
+    url = serve_app.url
+    org, other = f"mig-{uuid.uuid4().hex[:6]}", f"mig-other-{uuid.uuid4().hex[:6]}"
+    texts = iter(short_texts(40))
+    before = [(f"doc-{k}", str(i), next(texts)) for k in range(3) for i in range(4)]
+    during = [("during", str(i), next(texts)) for i in range(6)]
+    after = [("after", str(i), next(texts)) for i in range(6)]
+    theirs = [("theirs", str(i), next(texts)) for i in range(5)]
+    write(url, org, before)
+    write(url, other, theirs)
+    other_route = route(url, other)
+
+    submission = submit(serve_app, ["--source", f"collection:{MODEL}", "--model", MODEL, "--org", org])
+    migrating = until(lambda: (r := route(url, org))["state"] == "migrating" and r, JOB_TIMEOUT_S, "migrating")
+    assert migrating["live"] == V1 and migrating["pending"] not in (None, V1)
+    target = migrating["pending"]
+    write(url, org, during)  # accepted while the re-embed runs
+    result = finished(serve_app, submission)
+    assert result["switched"] == [org] and result["target_collection"] == target
+    assert result["resources"]["concurrency"] >= 1 and result["reconciled"][org]["missing"] == 0
+
+    switched = until(lambda: (r := route(url, org))["live"] == target and r, 10, "switch seen by the Gateway")
+    assert switched["state"] == "switched" and switched["previous"] == V1
+    write(url, org, after)
+    assert found(url, org, before) == len(before)
+    assert found(url, org, during) == len(during), "writes accepted during the re-embed are in the new version"
+    assert found(url, org, after) == len(after), "writes after the switch are searchable at once"
+    assert found(url, other, theirs) == len(theirs)
+    assert route(url, other) == other_route, "another tenant's route moved"
+
+    # The directly submitted job tracked itself under the tenant it moved.
+    jobs = httpx.get(f"{url}/jobs", headers=auth(org), params={"limit": 50}, timeout=30).json()["jobs"]
+    assert any(j["type"] == "reembed" and j["status"] == "succeeded" for j in jobs), jobs
+
+    # Delete reaches every version: no rollback can bring the asset back.
+    store = StoreClient.from_settings(Settings()).sync
+    deleted = httpx.delete(f"{url}/vectors/assets/doc-0", headers=auth(org), timeout=30).json()
+    assert deleted["deleted"] == 8  # 4 segments in v1 and 4 in the target
+    assert store.count(V1, org, "doc-0") == 0 and store.count(target, org, "doc-0") == 0
+
+    rolled = heimdex("reembed", "--rollback", "--model", MODEL, "--org", org)
+    assert rolled.returncode == 0, rolled.stderr
+    until(lambda: route(url, org)["live"] == V1, 10, "rollback seen by the Gateway")
+    assert found(url, org, after) == len(after), "rollback lost writes made after the switch"
+    assert found(url, org, during) == len(during)
+    assert found(url, org, before[4:]) == len(before) - 4
+    assert found(url, org, before[:4]) == 0, "rollback brought a deleted asset back"
+    assert found(url, other, theirs) == len(theirs)
+
+
+def test_mock_points_are_dropped_only_after_a_verified_fill(serve_app: ServeApp) -> None:
+    from deployments.vector_store.actor import StoreClient
+    from jobs.reembed import route_command
+    from serve_app.db import RouteConflictError
+    from serve_app.settings import Settings
+
+    url, org = serve_app.url, f"mock-{uuid.uuid4().hex[:6]}"
+    texts = short_texts(46)[40:]
+    for i, text in enumerate(texts):
+        response = httpx.post(f"{url}/vectors/mock", headers=auth(org), json={"asset_id": "m", "segment_id": str(i),
+                                                                               "text": text}, timeout=30)
+        assert response.status_code == 202
+        wait_job(url, org, response.json()["job_id"])
+    store = StoreClient.from_settings(Settings()).sync
+    mock = collection_name("mock", "v1")
+    finalize = heimdex("reembed", "--finalize", "--model", MODEL, "--org", org)
+    assert finalize.returncode == 2 and "no verified re-embed" in finalize.stderr
+    assert store.count(mock, org) == len(texts)
+
+    result = finished(serve_app, submit(serve_app, ["--source", "collection:mock", "--model", MODEL, "--org", org]))
+    assert result["tenants"][org]["mode"] == "fill" and result["target_collection"] == V1 and result["switched"] == []
+    assert route(url, org)["verified_at"] is not None and route(url, org)["source"] == mock
+    assert found(url, org, [("m", str(i), t) for i, t in enumerate(texts)]) == len(texts)
+
+    args = type("Args", (), {"rollback": False, "finalize": True, "model": MODEL, "org": [org], "to_version": None})
+    done = route_command(args(), Settings())  # type: ignore[arg-type]
+    assert done["tenants"][org]["points_removed"] == {mock: len(texts)}
+    assert store.count(mock, org) == 0 and store.count(V1, org) == len(texts)
+    with pytest.raises(RouteConflictError):
+        route_command(type("Args", (), {"rollback": True, "finalize": False, "model": MODEL, "org": [org],
+                                        "to_version": None})(), Settings())  # type: ignore[arg-type]
