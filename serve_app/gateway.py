@@ -20,6 +20,7 @@ from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
 from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.services import Services
 from serve_app.settings import get_settings
+from serve_app.switches import real_embeddings_reader
 
 logger = logging.getLogger("heimdex.gateway")
 
@@ -38,6 +39,7 @@ class Gateway:
         configure_logging()
         settings = get_settings()
         store = StoreClient.from_settings(settings)
+        db = Database(settings.resolved_database_url)
         self.services = Services(
             settings=settings,
             embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s),
@@ -45,7 +47,9 @@ class Gateway:
             limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
             gate=ConcurrencyGate(settings.max_in_flight),
             store=store,
-            db=Database(settings.resolved_database_url),
+            db=db,
+            # The live rollback switch (service_switches row; the Settings value until one is written).
+            switches=real_embeddings_reader(db.readonly_sessions, settings.enable_real_embeddings),
         )
         self.relay = relay
         self.embedders = embedders

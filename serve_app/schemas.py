@@ -110,6 +110,9 @@ class VectorStats(BaseModel):
     org_id: str
     models: dict[str, int] = Field(description="Points of this tenant per model (through the model's alias).")
     collections: dict[str, int] = Field(description="Points of this tenant per physical collection.")
+    real_embeddings_enabled: bool = Field(
+        description="The live real-embeddings switch: false while `heimdex embeddings off` holds real-model "
+        "writes (they stay queued) and the real-model routes answer 503.")
 
 
 class EmbedRequest(BaseModel):

@@ -13,6 +13,7 @@ from serve_app.models_check import resolve_model
 from serve_app.routes.openai_compat import ERROR_RESPONSES
 from serve_app.schemas import DeleteAssetResponse, SearchRequest, SearchResponse, SearchResult, VectorStats
 from serve_app.services import Services
+from serve_app.switches import real_embeddings_enabled, require_real_embeddings
 
 router = APIRouter(prefix="/vectors", tags=["vectors"])
 
@@ -44,10 +45,7 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
             raise ApiError(422, "non_finite_vector", "vector holds NaN or infinite values", field="vector")
         vector = body.vector
     else:
-        if not services.settings.enable_real_embeddings:
-            raise ApiError(503, "real_embeddings_disabled",
-                           "real-model embeddings are switched off (HEIMDEX_ENABLE_REAL_EMBEDDINGS=false)",
-                           headers={"Retry-After": "60"})
+        await require_real_embeddings(services)
         assert body.query is not None
         output = await services.embedders.embed(spec.name, [body.query])
         vector = output.vectors[0].tolist()
@@ -87,4 +85,5 @@ async def stats(services: ServicesDep, principal: PrincipalDep) -> VectorStats:
     aliases: dict[str, str] = await store.call("list_aliases")
     per_model = {alias.removeprefix(ALIAS_PREFIX): per_collection.get(target, 0)
                  for alias, target in sorted(aliases.items())}
-    return VectorStats(org_id=principal.org_id, models=per_model, collections=per_collection)
+    return VectorStats(org_id=principal.org_id, models=per_model, collections=per_collection,
+                       real_embeddings_enabled=await real_embeddings_enabled(services))
