@@ -7,8 +7,9 @@ a row the value comes from the Settings. A reader asks the database at most ever
 that time, with no redeploy and no refused connection.
 
 When the database cannot be read, the reader keeps the last value it read (the Settings value if it
-never read one) and asks again after the TTL: a database outage neither turns real embeddings on nor
-takes the embedding routes, which do not need the database, down with it.
+never read one) and asks again after the TTL; a read that hangs (a database that stopped answering)
+holds a caller for at most ``wait_s``. A database outage neither turns real embeddings on nor takes
+the embedding routes, which do not need the database, down with it.
 """
 
 from __future__ import annotations
@@ -28,21 +29,26 @@ logger = logging.getLogger("heimdex.switches")
 
 # What a client is told to wait before retrying a switched-off route (seconds).
 SWITCHED_OFF_RETRY_AFTER_S = 60
+# Longest a caller waits for a database read of a switch before it takes the last value (seconds).
+SWITCH_READ_WAIT_S = 1.0
 
 
 class SwitchReader:
     """One switch's value, re-read from the database at most every ``ttl_s`` seconds."""
 
     def __init__(self, sessions: sessionmaker[Session], name: str, default: bool,
-                 ttl_s: float = SWITCH_CACHE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 ttl_s: float = SWITCH_CACHE_TTL_S, wait_s: float = SWITCH_READ_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions = sessions
         self.name = name
         self.default = default
         self.ttl_s = ttl_s
+        self.wait_s = wait_s
         self._clock = clock
         self._value = default
         self._read_at: float | None = None
         self._refresh: asyncio.Future[bool] | None = None
+        self._refresh_started = 0.0
 
     def _fresh(self) -> bool:
         return self._read_at is not None and self._clock() - self._read_at < self.ttl_s
@@ -67,15 +73,23 @@ class SwitchReader:
         return self._value if self._fresh() else self._read()
 
     async def aget(self) -> bool:
-        """:meth:`get` for the event loop: the read runs on a worker thread, and concurrent callers
-        that find the value stale share one read."""
+        """:meth:`get` for the event loop: the read runs on a worker thread, concurrent callers that
+        find the value stale share one read, and none waits for it longer than ``wait_s`` in all (then
+        the last value stands while the read goes on)."""
         if self._fresh():
             return self._value
         loop = asyncio.get_running_loop()
         refresh = self._refresh
         if refresh is None or refresh.done() or refresh.get_loop() is not loop:
             refresh = self._refresh = asyncio.ensure_future(asyncio.to_thread(self._read))
-        return await asyncio.shield(refresh)
+            self._refresh_started = self._clock()
+        remaining = self.wait_s - (self._clock() - self._refresh_started)
+        if remaining <= 0:
+            return self._value
+        try:
+            return await asyncio.wait_for(asyncio.shield(refresh), remaining)
+        except TimeoutError:
+            return self._value
 
     def invalidate(self) -> None:
         """Forget the cached value: the next read asks the database."""

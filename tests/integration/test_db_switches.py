@@ -4,6 +4,8 @@ while mock jobs flow, mock jobs' own outbox task, and the cached switch reader."
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -192,3 +194,35 @@ def test_concurrent_async_readers_share_one_read(session_factory: sessionmaker[S
 
     assert asyncio.run(many()) == [True] * 50
     assert reads["n"] == 1
+
+
+def test_a_hanging_read_holds_callers_for_at_most_wait_s(session_factory: sessionmaker[Session]) -> None:
+    _set(session_factory, False)
+    release = threading.Event()
+    hang = {"on": False}
+
+    def sessions() -> Session:
+        if hang["on"]:
+            release.wait(30)  # a database that stopped answering
+        return session_factory()
+
+    reader = SwitchReader(sessions, REAL_EMBEDDINGS, default=True, ttl_s=0.0, wait_s=0.3)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[bool, float, bool, float]:
+        assert await reader.aget() is False
+        hang["on"] = True
+        started = time.monotonic()
+        first = await reader.aget()  # waits for the hanging read, at most wait_s
+        waited = time.monotonic() - started
+        started = time.monotonic()
+        second = await reader.aget()  # the read still hangs: the last value at once
+        again = time.monotonic() - started
+        release.set()  # the database answers again (asyncio.run waits for the reading thread)
+        return first, waited, second, again
+
+    try:
+        first, waited, second, again = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert (first, second) == (False, False)
+    assert 0.25 <= waited < 2.0 and again < 0.25
