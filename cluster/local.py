@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,12 +212,32 @@ def ingress_env(mode: str, port: int) -> dict[str, str]:
     }
 
 
-def render_serve_config(path: Path, host: str, port: int, ingress: str = "proxy") -> dict[str, Any]:
+# Names besides the HEIMDEX_ prefix that Settings reads (serve_app/settings.py), handed to replicas too.
+SETTINGS_ENV_NAMES = frozenset({"ENABLE_REAL_EMBEDDINGS"})
+
+
+def heimdex_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Heimdex settings in ``environ``: every ``HEIMDEX_*`` variable and the unprefixed names Settings accepts."""
+    return {k: v for k, v in environ.items() if k.upper().startswith("HEIMDEX_") or k.upper() in SETTINGS_ENV_NAMES}
+
+
+def render_serve_config(path: Path, host: str, port: int, ingress: str = "proxy",
+                        env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     """The Serve config with the HTTP address filled in; in ``direct`` mode the proxy steps aside to
-    ``port + PROXY_PORT_OFFSET`` and the Gateway replica serves ``port`` (see :func:`ingress_env`)."""
+    ``port + PROXY_PORT_OFFSET`` and the Gateway replica serves ``port`` (see :func:`ingress_env`).
+
+    ``env_vars`` go into every application's ``runtime_env.env_vars`` (over the file's own), so each
+    replica of each deploy starts with them: a running Ray head keeps the environment it was started
+    with, and without this a ``HEIMDEX_X=... heimdex up`` against it would never reach the replicas.
+    They are part of the app's config, which the token-protected dashboard shows.
+    """
     config: dict[str, Any] = yaml.safe_load(path.read_text())
     proxy_port = port + PROXY_PORT_OFFSET if ingress == "direct" else port
     config.setdefault("http_options", {}).update({"host": host, "port": proxy_port})
+    if env_vars:
+        for app in config.get("applications", []):
+            runtime_env = app.setdefault("runtime_env", {})
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **{k: str(v) for k, v in env_vars.items()}}
     return config
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serve_app.settings import get_settings
+from serve_app.settings import Settings, get_settings
 
 STATE_DIR = Path(os.environ.get("HEIMDEX_STATE_DIR", ".heimdex"))
 
@@ -22,6 +22,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     cluster.ensure_token()
     env = cluster.ray_env({"HEIMDEX_DATA_DIR": str(data_dir), **local.ingress_env(settings.ingress, settings.port)})
+    # Every replica of this deploy gets the caller's settings, even from a Ray head started earlier.
+    replica_env = {**local.heimdex_env(os.environ), "HEIMDEX_DATA_DIR": str(data_dir)}
+    if "enable_real_embeddings" in settings.model_fields_set and not _up_sets_real_embeddings(settings):
+        return 1
     if local.is_running(cluster):
         if local.redeploy_replaces_app(settings.ingress):
             print(f"Ray is already running; replacing the app (under direct ingress a rolling update would "
@@ -33,7 +37,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         print("Starting a local Ray head (dashboard on 127.0.0.1:8265, token auth)...")
         local.start_head(cluster, env, num_cpus=args.num_cpus)
-    config = local.render_serve_config(Path(args.config), settings.host, settings.port, settings.ingress)
+    config = local.render_serve_config(Path(args.config), settings.host, settings.port, settings.ingress,
+                                       env_vars=replica_env)
     print(f"Deploying {args.config} ...")
     local.deploy(cluster, config, env)
     url = f"http://{settings.host}:{settings.port}"
@@ -45,10 +50,106 @@ Heimdex is up.
   Readiness:  {ready}
   Dashboard:  {cluster.dashboard_url}  (Ray token: {cluster.token_path})
   Token:      heimdex token --org my-org --sub me
+  Rollback:   heimdex embeddings off   (live within seconds, no redeploy; `on` again, `status`)
   Try:        curl -s {url}/v1/embeddings -H 'Content-Type: application/json' \\
                 -d '{{"input":["a","b"],"model":"minilm-l6-v2"}}'
   Stop:       make stop   (or: heimdex down)
 """)
+    return 0
+
+
+def _real_embeddings_source() -> str:
+    """Where Settings found enable_real_embeddings: the variable's name, or the .env file."""
+    names = {k.upper() for k in os.environ}
+    return next((n for n in ("HEIMDEX_ENABLE_REAL_EMBEDDINGS", "ENABLE_REAL_EMBEDDINGS") if n in names), ".env")
+
+
+def _up_sets_real_embeddings(settings: Settings) -> bool:
+    """``heimdex up`` with the real-embeddings variable set explicitly writes the live switch row, so the database
+    (which every replica reads, and which wins over the environment once written) and the environment agree.
+    Runs the migrations first (idempotent; the deploy runs them too) so it works on a fresh database."""
+    from serve_app.db import upgrade_database
+
+    value = settings.enable_real_embeddings
+    by = f"heimdex up ({_real_embeddings_source()}={'true' if value else 'false'})"
+    try:
+        upgrade_database(settings.resolved_database_url)
+        _write_real_embeddings(settings, value, by)
+    except Exception as exc:
+        print(f"heimdex up: could not set the real-embeddings switch in the database: {type(exc).__name__}: "
+              f"{str(exc)[:300]}", file=sys.stderr)
+        return False
+    print(f"Real embeddings switched {'on' if value else 'off'} (set by {by}).")
+    return True
+
+
+def _write_real_embeddings(settings: Settings, enabled: bool | None, changed_by: str | None) -> dict[str, Any]:
+    """Set the real-embeddings switch row (``enabled`` None: only read it); returns where it stands."""
+    from serve_app.db import REAL_EMBEDDINGS, ServiceSwitch, SwitchRepository
+    from serve_app.db.database import Database
+
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.sessions() as session:
+            if enabled is not None:
+                SwitchRepository(session).set(REAL_EMBEDDINGS, enabled, changed_by=changed_by)
+            row = session.get(ServiceSwitch, REAL_EMBEDDINGS, populate_existing=True)
+            if row is None:
+                return {"switch": REAL_EMBEDDINGS, "enabled": bool(settings.enable_real_embeddings),
+                        "source": "settings (no switch row yet)", "changed_by": None, "changed_at": None}
+            return {"switch": REAL_EMBEDDINGS, "enabled": bool(row.enabled), "source": "database",
+                    "changed_by": row.changed_by, "changed_at": row.changed_at.isoformat()}
+    finally:
+        db.dispose()
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    """Turn real-model embeddings off or on for the running service, or show the switch.
+
+    Writes the ``service_switches`` row in the service's database (from the same settings as the
+    service: HEIMDEX_DATABASE_URL, or the SQLite file under HEIMDEX_DATA_DIR). Every Gateway and relay
+    replica re-reads it within SWITCH_CACHE_TTL_S seconds: no redeploy, no refused connection.
+    """
+    import json
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from serve_app.db import SWITCH_CACHE_TTL_S
+
+    settings = get_settings()
+    enabled = None if args.action == "status" else args.action == "on"
+    by = (args.by or f"{_operator()} (heimdex embeddings {args.action})")[:128]
+    try:
+        state = _write_real_embeddings(settings, enabled, by)
+    except SQLAlchemyError as exc:
+        where = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        print(f"heimdex embeddings: database {where}: {type(exc).__name__}: {str(exc)[:300]}\n"
+              "Is this the service's database (HEIMDEX_DATABASE_URL / HEIMDEX_DATA_DIR), and migrated "
+              "(`heimdex up` runs the migrations)?", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({**state, "cache_ttl_s": SWITCH_CACHE_TTL_S}))
+        return 0
+    word = "on" if state["enabled"] else "off"
+    if state["source"] == "database":
+        print(f"real embeddings: {word} (set by {state['changed_by']} at {state['changed_at']})")
+    else:
+        print(f"real embeddings: {word} ({state['source']}: HEIMDEX_ENABLE_REAL_EMBEDDINGS)")
+    if enabled is not None:
+        print(f"The running service follows within {SWITCH_CACHE_TTL_S:g} s (GET /readyz shows "
+              f"\"real_embeddings\": \"{word}\"); no redeploy.")
     return 0
 
 
@@ -214,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray (default: detected)")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     up.set_defaults(func=cmd_up)
+
+    embeddings = sub.add_parser(
+        "embeddings", help="real-model embeddings off/on for the running service (live, no redeploy), or status",
+        description=cmd_embeddings.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    embeddings.add_argument("action", choices=["off", "on", "status"])
+    embeddings.add_argument("--by", default=None, help="who changes it (recorded; default: user@host)")
+    embeddings.add_argument("--json", action="store_true", help="print the switch as JSON")
+    embeddings.set_defaults(func=cmd_embeddings)
 
     down = sub.add_parser("down", help="stop what `heimdex up` started")
     down.set_defaults(func=cmd_down)

@@ -21,6 +21,7 @@ from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.routing import RouteResolver
 from serve_app.services import Services
 from serve_app.settings import get_settings
+from serve_app.switches import real_embeddings_reader
 
 logger = logging.getLogger("heimdex.gateway")
 
@@ -39,7 +40,7 @@ class Gateway:
         configure_logging()
         settings = get_settings()
         store = StoreClient.from_settings(settings)
-        database = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url)
         self.services = Services(
             settings=settings,
             embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s),
@@ -47,8 +48,10 @@ class Gateway:
             limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
             gate=ConcurrencyGate(settings.max_in_flight),
             store=store,
-            db=database,
-            routes=RouteResolver(database.sessions),
+            db=db,
+            routes=RouteResolver(db.sessions),
+            # The live rollback switch (service_switches row; the Settings value until one is written).
+            switches=real_embeddings_reader(db.readonly_sessions, settings.enable_real_embeddings),
         )
         self.relay = relay
         self.embedders = embedders

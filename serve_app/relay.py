@@ -6,6 +6,11 @@ the Embedder deployment in one call per model, upserts the vectors under determi
 (a redelivered row overwrites the same point), then finishes all the batch's jobs in one
 transaction. A failure sends the rows back with exponential backoff and jitter; past the last
 attempt the job is DEAD_LETTER with the error.
+
+While the live real-embeddings switch is off (``heimdex embeddings off``; see
+:mod:`serve_app.switches`) it claims mock-model jobs only: real-model jobs stay QUEUED with their
+outbox rows untouched (not leased, attempts unchanged) and go on once the switch is on again.
+A batch claimed before the relay saw the change still finishes.
 """
 
 from __future__ import annotations
@@ -27,16 +32,21 @@ from deployments.registry import get_model
 from deployments.vector_store import PointRecord, parse_collection_name
 from deployments.vector_store.actor import StoreClient
 from serve_app.db.database import Database
+from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.logging_setup import configure_logging, fields
 from serve_app.routing import RouteResolver
 from serve_app.settings import Settings, get_settings
+from serve_app.switches import real_embeddings_reader
 
 logger = logging.getLogger("heimdex.relay")
 
-EMBED_TASK = "embed"
 REEMBED_TASK = "reembed"
+EMBED_TASKS = frozenset({EMBED_TASK, EMBED_MOCK_TASK})
+# What the relay still claims while the real-embeddings switch is off: mock-model embed jobs only. Real-model
+# embed jobs and re-embeds (a real model's work) stay queued, untouched, until the switch is on again.
+SWITCHED_OFF_TASKS = frozenset({EMBED_MOCK_TASK})
 TEXT_PREVIEW_CHARS = 200
 CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
 # Longest pause between two polls of an outbox that has stayed empty.
@@ -65,6 +75,8 @@ class RelayCore:
         self.owner = owner or f"relay-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.queue = OutboxQueue(self.db.sessions, self.owner, settings.relay_lease_s, settings.relay_max_attempts,
                                  settings.relay_backoff_base_s, settings.relay_backoff_max_s)
+        # The live rollback switch, read before every claim (cached for at most SWITCH_CACHE_TTL_S).
+        self.real_embeddings = real_embeddings_reader(self.db.readonly_sessions, settings.enable_real_embeddings)
         self.delivered = 0
         self.failed_attempts = 0
         self.dead_letters = 0
@@ -94,16 +106,17 @@ class RelayCore:
         """Claim and process one batch; returns how many messages were claimed."""
         if self.paused:
             return 0
-        messages = await asyncio.to_thread(self.queue.claim, self.settings.relay_batch_size)
+        tasks = None if await self.real_embeddings.aget() else SWITCHED_OFF_TASKS
+        messages = await asyncio.to_thread(self.queue.claim, self.settings.relay_batch_size, tasks)
         if not messages:
             return 0
         self._maybe_crash("after_claim")
-        unknown = [m for m in messages if m.task not in (EMBED_TASK, REEMBED_TASK)]
+        unknown = [m for m in messages if m.task not in EMBED_TASKS | {REEMBED_TASK}]
         for msg in unknown:
             await self._fail([msg], f"unknown outbox task {msg.task!r}")
         for msg in (m for m in messages if m.task == REEMBED_TASK):
             await self._submit_reembed(msg)
-        embed = [m for m in messages if m.task == EMBED_TASK]
+        embed = [m for m in messages if m.task in EMBED_TASKS]
         if embed:
             await self._process_embed(embed)
         return len(messages)
@@ -203,7 +216,8 @@ class RelayCore:
     def status(self) -> dict[str, Any]:
         return {"owner": self.owner, "delivered": self.delivered, "failed_attempts": self.failed_attempts,
                 "dead_letters": self.dead_letters, "outbox": self.queue.counts_by_state(),
-                "oldest_due_age_s": self.queue.oldest_due_age_s()}
+                "oldest_due_age_s": self.queue.oldest_due_age_s(),
+                "real_embeddings": "on" if self.real_embeddings.get() else "off"}
 
 
 @serve.deployment(

@@ -146,6 +146,9 @@ class VectorStats(BaseModel):
     collections: dict[str, int] = Field(description="Points of this tenant per physical collection.")
     routes: dict[str, TenantRouteView] = Field(
         default_factory=dict, description="Per model: the live collection and any migration state.")
+    real_embeddings_enabled: bool = Field(
+        description="The live real-embeddings switch: false while `heimdex embeddings off` holds real-model "
+        "writes (they stay queued) and the real-model routes answer 503.")
 
 
 class EmbedRequest(BaseModel):

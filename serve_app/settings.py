@@ -1,6 +1,7 @@
 """The one typed configuration object for every Heimdex process.
 
-Every value comes from an environment variable prefixed ``HEIMDEX_`` (or a ``.env`` file), so the
+Every value comes from an environment variable prefixed ``HEIMDEX_`` (or a ``.env`` file; the one
+exception: ``enable_real_embeddings`` also answers to ``ENABLE_REAL_EMBEDDINGS``), so the
 Ray head, each Serve replica, the relay and a Ray Job all read the same settings. Nothing here
 touches the network or the disk at import time; call :func:`get_settings`.
 """
@@ -11,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
@@ -47,7 +48,12 @@ class Settings(BaseSettings):
     # Models
     default_model: str = Field("minilm-l6-v2", description="Model used when a request names none.")
     enable_real_embeddings: bool = Field(
-        True, description="Rollback switch: false turns the real-model routes off (503)."
+        True,
+        # The guides' short name works too; HEIMDEX_ENABLE_REAL_EMBEDDINGS wins when both are set.
+        validation_alias=AliasChoices("HEIMDEX_ENABLE_REAL_EMBEDDINGS", "ENABLE_REAL_EMBEDDINGS"),
+        description="Rollback switch default: false turns the real-model routes off (503) and holds real-model "
+        "jobs queued. The live switch is the `service_switches` row (`heimdex embeddings off|on`), which wins "
+        "once written; this value applies while there is none, and `heimdex up` writes the row when it is set.",
     )
 
     # Request limits (enforced at the gateway before the model sees anything)

@@ -19,6 +19,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from deployments.mock_vectors import MOCK_MODEL
 from serve_app.db import keys
 from serve_app.db.models import (
     IdempotencyKey,
@@ -33,7 +34,11 @@ from serve_app.db.models import (
 from serve_app.db.transitions import InvalidTransitionError, apply_transition
 
 EMBED_JOB_TYPE = "embed"
+# Outbox tasks of embed jobs. Mock-model jobs (``POST /vectors/mock``) have a task of their own so the
+# relay can keep taking them while the real-embeddings switch holds every real-model job queued
+# (``OutboxQueue.claim(tasks=...)``). Rows written before that split carry ``embed`` + model ``mock``.
 EMBED_TASK = "embed"
+EMBED_MOCK_TASK = "embed_mock"
 MAX_PAGE_SIZE = 500
 
 _T = TypeVar("_T")
@@ -68,6 +73,11 @@ class CreatedJob(NamedTuple):
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     raw = json.dumps([created_at.isoformat(), job_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def embed_task(model: str) -> str:
+    """The outbox task of an embed job for ``model``."""
+    return EMBED_MOCK_TASK if model == MOCK_MODEL else EMBED_TASK
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
@@ -169,7 +179,7 @@ class JobRepository:
                         {"job_id": job.id, "prev_status": None, "next_status": JobStatus.QUEUED.value,
                          "stage": "queued", "message": None, "created_at": now} for job, _ in fresh.values()])
                     self._session.execute(insert(Outbox), [
-                        {"job_id": job.id, "task": EMBED_TASK,
+                        {"job_id": job.id, "task": embed_task(seg.model),
                          "payload": {"org_id": org_id, **asdict(seg), "job_id": job.id},
                          "state": OutboxState.PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now,
                          "updated_at": now} for job, seg in fresh.values()])
@@ -195,7 +205,7 @@ class JobRepository:
         def payload(job_id: str) -> dict[str, Any]:
             return {"org_id": org_id, **asdict(seg)}
 
-        return self._create_one(org_id, EMBED_JOB_TYPE, job_key, requested_by, EMBED_TASK, payload)
+        return self._create_one(org_id, EMBED_JOB_TYPE, job_key, requested_by, embed_task(seg.model), payload)
 
     def _create_one(
         self,

@@ -14,7 +14,7 @@ fail or heartbeat that message.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -22,6 +22,8 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from deployments.mock_vectors import MOCK_MODEL
+from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.models import Job, JobEvent, JobStatus, Outbox, OutboxState, utcnow
 from serve_app.db.transitions import ALLOWED_TRANSITIONS, UPDATABLE_IN_PLACE, apply_transition
 
@@ -73,14 +75,27 @@ class OutboxQueue:
             and_(Outbox.state == OutboxState.LEASED, Outbox.lease_expires_at < now),
         )
 
-    def claim(self, limit: int) -> list[ClaimedMessage]:
-        """Lease up to ``limit`` due messages (PENDING and due, or LEASED with an expired lease)."""
-        if limit < 1:
+    @staticmethod
+    def _of_tasks(tasks: Collection[str]) -> ColumnElement[bool]:
+        """Messages of these tasks. ``embed_mock`` also covers the mock-model rows written before mock jobs had
+        a task of their own (task ``embed``, payload model ``mock``)."""
+        wanted: ColumnElement[bool] = Outbox.task.in_(sorted(tasks))
+        if EMBED_MOCK_TASK in tasks and EMBED_TASK not in tasks:
+            wanted = or_(wanted, and_(Outbox.task == EMBED_TASK, Outbox.payload["model"].as_string() == MOCK_MODEL))
+        return wanted
+
+    def claim(self, limit: int, tasks: Collection[str] | None = None) -> list[ClaimedMessage]:
+        """Lease up to ``limit`` due messages (PENDING and due, or LEASED with an expired lease).
+
+        ``tasks``: only messages of these outbox tasks (None: any). The others are left exactly as they
+        are (not leased, attempts unchanged), e.g. real-model embed jobs while real embeddings are off.
+        """
+        if limit < 1 or (tasks is not None and not tasks):
             return []
         with self._sessionmaker.begin() as session:
             session.connection()  # take the transaction (SQLite: the write lock) before reading the clock
             now = utcnow()
-            due = self._due(now)
+            due = self._due(now) if tasks is None else and_(self._due(now), self._of_tasks(tasks))
             ids = list(
                 session.scalars(
                     select(Outbox.id)

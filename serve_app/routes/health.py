@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from serve_app.deps import ServicesDep
 from serve_app.errors import json_response
+from serve_app.switches import real_embeddings_enabled
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +24,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> Response:
-    """Readiness: every served model is loaded, the vector store and the database answer."""
+    """Readiness: every served model is loaded, the vector store and the database answer.
+
+    ``real_embeddings`` reports the live switch (``on``/``off``). It does not decide readiness: with
+    real embeddings off the service is still up (``/vectors/mock``, vector search, jobs and stats
+    work; the real-model routes answer 503 with Retry-After), and a readiness failure would make
+    load balancers and ``heimdex up`` treat a deliberate rollback as an outage.
+    """
     checks: dict[str, str] = {}
 
     async def check(name: str, probe: asyncio.Future[object] | object) -> None:
@@ -40,5 +47,6 @@ async def readyz(services: ServicesDep) -> Response:
         probes.append(check("database", asyncio.to_thread(services.db.ping)))
     await asyncio.gather(*probes)
     ready = bool(checks) and all(v == "ok" for v in checks.values())
-    return json_response({"status": "ok" if ready else "unavailable", "checks": checks},
+    real = "on" if await real_embeddings_enabled(services) else "off"
+    return json_response({"status": "ok" if ready else "unavailable", "checks": checks, "real_embeddings": real},
                          200 if ready else 503, None if ready else {"Retry-After": "5"})

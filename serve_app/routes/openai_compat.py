@@ -13,6 +13,7 @@ from serve_app.deps import EmbeddingsPrincipalDep, ServicesDep
 from serve_app.errors import ApiError, json_response
 from serve_app.models_check import resolve_model
 from serve_app.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelCard, ModelList
+from serve_app.switches import require_real_embeddings
 
 router = APIRouter(tags=["openai"])
 
@@ -33,10 +34,7 @@ async def create_embeddings(
 ) -> Response:
     """Embed a string or a list of strings, as OpenAI's embeddings API does."""
     settings = services.settings
-    if not settings.enable_real_embeddings:
-        raise ApiError(503, "real_embeddings_disabled",
-                       "real-model embeddings are switched off (HEIMDEX_ENABLE_REAL_EMBEDDINGS=false)",
-                       headers={"Retry-After": "60"})
+    await require_real_embeddings(services)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if len(texts) > settings.max_items_per_request:
         raise ApiError(422, "too_many_items",

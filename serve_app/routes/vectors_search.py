@@ -23,6 +23,7 @@ from serve_app.schemas import (
     VectorStats,
 )
 from serve_app.services import Services
+from serve_app.switches import real_embeddings_enabled, require_real_embeddings
 
 router = APIRouter(prefix="/vectors", tags=["vectors"])
 
@@ -67,10 +68,7 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
             raise ApiError(422, "non_finite_vector", "vector holds NaN or infinite values", field="vector")
         vector = body.vector
     else:
-        if not services.settings.enable_real_embeddings:
-            raise ApiError(503, "real_embeddings_disabled",
-                           "real-model embeddings are switched off (HEIMDEX_ENABLE_REAL_EMBEDDINGS=false)",
-                           headers={"Retry-After": "60"})
+        await require_real_embeddings(services)
         assert body.query is not None
         output = await services.embedders.embed(spec.name, [body.query])
         vector = output.vectors[0].tolist()
@@ -115,4 +113,5 @@ async def stats(services: ServicesDep, principal: PrincipalDep) -> VectorStats:
     views = {model: TenantRouteView(**{**route.as_dict(), "live_points": per_collection.get(route.live, 0)})
              for model, route in routes.items()}
     return VectorStats(org_id=principal.org_id, models={m: v.live_points for m, v in views.items()},
-                       collections=per_collection, routes=views)
+                       collections=per_collection, routes=views,
+                       real_embeddings_enabled=await real_embeddings_enabled(services))

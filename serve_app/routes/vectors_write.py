@@ -26,6 +26,7 @@ from serve_app.schemas import (
     MockEmbedRequest,
 )
 from serve_app.services import Services
+from serve_app.switches import require_real_embeddings
 
 router = APIRouter(prefix="/vectors", tags=["vectors"])
 
@@ -49,10 +50,6 @@ def _segment(services: Services, item: EmbedRequest, field_prefix: str) -> Embed
                        field=f"{field_prefix}text")
     if not item.text.strip():
         raise ApiError(422, "empty_text", "text is blank", field=f"{field_prefix}text")
-    if not services.settings.enable_real_embeddings:
-        raise ApiError(503, "real_embeddings_disabled",
-                       "real-model embeddings are switched off (HEIMDEX_ENABLE_REAL_EMBEDDINGS=false); "
-                       "POST /vectors/mock keeps working", headers={"Retry-After": "60"})
     spec = resolve_model(item.model, services.settings.default_model, services.embedders.served_models(),
                          field=f"{field_prefix}model")
     return EmbedSegment(asset_id=item.asset_id, segment_id=item.segment_id, text=item.text, model=spec.name,
@@ -100,6 +97,7 @@ async def embed(body: EmbedRequest, services: ServicesDep, principal: PrincipalD
                 idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Accept one segment: the job, its first event and its outbox row are written in one transaction."""
     check_idempotency_key(idempotency_key)
+    await require_real_embeddings(services)
     segment = (await _live_versions(services, principal.org_id, [_segment(services, body, "")]))[0]
     created = await _create(services, principal.org_id, principal.sub, [segment], idempotency_key,
                             request_hash(body.model_dump()))
@@ -115,6 +113,7 @@ async def embed_batch(body: EmbedBatchRequest, services: ServicesDep, principal:
     if len(body.segments) > limit:
         raise ApiError(422, "too_many_segments", f"{len(body.segments)} segments; at most {limit} per request",
                        field="segments")
+    await require_real_embeddings(services)
     segments = [_segment(services, item, f"segments.{i}.") for i, item in enumerate(body.segments)]
     segments = await _live_versions(services, principal.org_id, segments)
     created = await _create(services, principal.org_id, principal.sub, segments, idempotency_key,

@@ -21,6 +21,7 @@ from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
 from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.services import Services
 from serve_app.settings import Settings
+from serve_app.switches import real_embeddings_reader
 
 SECRET = "unit-test-secret-0123456789abcdef0123456789"
 
@@ -29,11 +30,12 @@ def make_client(tmp_path: Path, routers: tuple[object, ...] = (vectors_write.rou
                 **overrides: object) -> httpx.AsyncClient:
     settings = Settings(data_dir=tmp_path, jwt_secret=SECRET, **overrides)  # type: ignore[arg-type]
     upgrade_database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
     services = Services(
         settings=settings,
         embedders=LocalEmbedderClient({"minilm-l6-v2": FakeHashBackend(get_model("minilm-l6-v2"))}),
         verifier=TokenVerifier(settings), limiter=TenantRateLimiter(1000, 1000), gate=ConcurrencyGate(100),
-        db=Database(settings.resolved_database_url),
+        db=db, switches=real_embeddings_reader(db.readonly_sessions, settings.enable_real_embeddings),
     )
     app = create_api(services, extra_routers=routers)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
