@@ -68,6 +68,7 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
 
     from deployments.vector_store.actor import get_store
     from jobs import reembed
+    from serve_app.db import upgrade_database
     from serve_app.settings import Settings
 
     if not ray.is_initialized():
@@ -85,12 +86,13 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
                 "--batch-size", str(batch_size), "--concurrency", str(concurrency), "--no-switch"]
         argv += ["--num-cpus", f"{num_cpus if num_cpus is not None else float(os.cpu_count() or 1):g}"]
         args = reembed.build_arg_parser().parse_args(argv)
+        upgrade_database(settings.resolved_database_url)  # the job keeps tenant routes there
         started = time.perf_counter()
         result = reembed.run(args, settings)
         result["wall_s"] = time.perf_counter() - started
         return result
     finally:
-        handle: Any = get_store(settings)
+        handle: Any = get_store(settings.store_config())
         try:
             ray.get(handle.close.remote())
         finally:

@@ -38,11 +38,10 @@ def seed_store(tenants: int, points_per_tenant: int, max_seconds: float, seed: i
     """Upsert ``tenants x points_per_tenant`` random unit vectors, round-robin over tenants in
     batches of ``UPSERT_BATCH``, stopping early at ``max_seconds``. Needs a Ray connection."""
     from deployments.point_ids import point_id_for
-    from deployments.vector_store import PointRecord, alias_name
-    from deployments.vector_store.actor import StoreClient
+    from deployments.vector_store import PointRecord, alias_name, open_store
     from serve_app.settings import Settings
 
-    store = StoreClient.from_settings(Settings()).sync
+    store = open_store(Settings().store_config())
     collection = alias_name(MODEL)
     rng = np.random.default_rng(seed)
     written = dict.fromkeys(range(tenants), 0)
@@ -80,9 +79,14 @@ def seed_store(tenants: int, points_per_tenant: int, max_seconds: float, seed: i
 
 def _optimize(store: Any, collection: str) -> dict[str, Any]:
     start = time.perf_counter()
-    target = store.call("resolve", collection)
+    import ray
+
+    from deployments.vector_store.actor import get_store
+    from serve_app.settings import Settings
+
+    target = store.resolve(collection)
     try:
-        store.call("optimize_now", target)
+        ray.get(get_store(Settings().store_config()).optimize_now.remote(target))
         how = "optimize_now"
     except AttributeError:
         # The actor does not expose optimize_now: let the idle optimizer start, then block on the

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from deployments.point_ids import point_id_for
-from deployments.vector_store.base import collection_name, parse_collection_name
-from jobs.sources import store_call
+from deployments.vector_store.base import VectorStore, collection_name, parse_collection_name
 
 if TYPE_CHECKING:
-    from ray.actor import ActorHandle
     from sqlalchemy.orm import Session, sessionmaker
 
     from serve_app.db.routes import Route
@@ -40,10 +38,10 @@ class TenantMove:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def next_version(store: ActorHandle, model: str) -> str:
+def next_version(store: VectorStore, model: str) -> str:
     """``v{n+1}`` for the highest ``v{n}`` among the model's collections (``v2`` when there is none)."""
     numbers = [1]
-    for name in store_call(store, "list_collections"):
+    for name in store.list_collections():
         try:
             owner, version = parse_collection_name(name)
         except ValueError:
@@ -73,18 +71,18 @@ def plan_moves(target: str, lives: dict[str, str], sources: dict[str, str] | Non
     return moves
 
 
-def scan_ids(store: ActorHandle, collection: str, tenant: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def scan_ids(store: VectorStore, collection: str, tenant: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(point id, payload) of every point the tenant has in ``collection``."""
     offset: str | None = None
     while True:
-        points, offset = store_call(store, "scroll", collection, tenant, SCAN_PAGE, offset, False)
+        points, offset = store.scroll(collection, tenant, SCAN_PAGE, offset, False)
         for point in points:
             yield point.point_id, point.payload or {}
         if offset is None:
             return
 
 
-def expected_ids(store: ActorHandle, source: str, tenant: str, model: str, version: str) -> set[str]:
+def expected_ids(store: VectorStore, source: str, tenant: str, model: str, version: str) -> set[str]:
     """The target point IDs of the tenant's embeddable source rows (text that validates)."""
     from jobs.qdrant_sink import validate_text
 
@@ -97,7 +95,7 @@ def expected_ids(store: ActorHandle, source: str, tenant: str, model: str, versi
     return out
 
 
-def reconcile(store: ActorHandle, move: TenantMove, target: str) -> tuple[set[str], set[str]]:
+def reconcile(store: VectorStore, move: TenantMove, target: str) -> tuple[set[str], set[str]]:
     """(missing, extra) point IDs of the target against the tenant's source, as of now.
 
     The target is read before the source: a write that lands in between reached the live collection
@@ -112,15 +110,15 @@ def reconcile(store: ActorHandle, move: TenantMove, target: str) -> tuple[set[st
     expected = expected_ids(store, move.source, move.org_id, model, version)
     missing = expected - present
     if missing:  # re-check against the target now: writes since the first read are not missing
-        found = {p.point_id for p in store_call(store, "retrieve", target, move.org_id, sorted(missing), False)}
+        found = {p.point_id for p in store.retrieve(target, move.org_id, sorted(missing), False)}
         missing -= found
     extra = present - expected if move.mode == "migrate" else set()
     return missing, extra
 
 
-def delete_extra(store: ActorHandle, target: str, tenant: str, extra: set[str]) -> int:
+def delete_extra(store: VectorStore, target: str, tenant: str, extra: set[str]) -> int:
     ids = sorted(extra)
-    return sum(int(store_call(store, "delete_ids", target, tenant, ids[i:i + SCAN_PAGE]))
+    return sum(int(store.delete_ids(target, tenant, ids[i:i + SCAN_PAGE]))
                for i in range(0, len(ids), SCAN_PAGE))
 
 
@@ -215,7 +213,7 @@ def check_finalizable(sessions: sessionmaker[Session], model: str, orgs: list[st
                     f"tenant {org!r} has no verified re-embed of {model}; run `heimdex reembed` for it first")
 
 
-def finalize(sessions: sessionmaker[Session], store: ActorHandle, model: str, orgs: list[str]) -> dict[str, Any]:
+def finalize(sessions: sessionmaker[Session], store: VectorStore, model: str, orgs: list[str]) -> dict[str, Any]:
     """For each tenant whose last re-embed of ``model`` was verified: stop the double write into the
     previous collection (no rollback past this) and delete the tenant's points from the collections it
     left (the previous one, and a source such as the mock collection). Refused for an unverified tenant."""
@@ -234,6 +232,6 @@ def finalize(sessions: sessionmaker[Session], store: ActorHandle, model: str, or
                 dropped.add(route.source)
             dropped.discard(route.live)
             removed = {name: delete_extra(store, name, org, {pid for pid, _ in scan_ids(store, name, org)})
-                       for name in sorted(dropped) if name in store_call(store, "list_collections")}
+                       for name in sorted(dropped) if name in store.list_collections()}
             out[org] = {**route.as_dict(), "points_removed": removed}
     return {"finalize": True, "model": model, "tenants": out}

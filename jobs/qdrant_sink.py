@@ -24,9 +24,8 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
 from deployments.point_ids import point_id_for
-from deployments.vector_store.base import PointRecord
+from deployments.vector_store import PointRecord, StoreConfig, open_store
 from jobs.embed_udf import STATUS_FAILED, STATUS_SKIP, STATUS_TODO
-from jobs.sources import store_call
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -65,7 +64,7 @@ def validate_text(value: Any, issue: str = "") -> tuple[str, str]:
 
 def prepare_batch(
     batch: pd.DataFrame,
-    store: ActorHandle | None,
+    store_config: StoreConfig | None,
     collection: str | None,
     model: str,
     version: str,
@@ -93,14 +92,15 @@ def prepare_batch(
         out["status"].append(STATUS_FAILED if error else STATUS_TODO)
         out["error"].append(error)
 
-    if store is not None and collection is not None:
+    if store_config is not None and collection is not None:
+        store = open_store(store_config)
         by_tenant: dict[str, list[int]] = {}
         for i, status in enumerate(out["status"]):
             if status == STATUS_TODO:
                 by_tenant.setdefault(out["org_id"][i], []).append(i)
         for tenant, rows in by_tenant.items():
             ids = [out["point_id"][i] for i in rows]
-            existing = {p.point_id for p in store_call(store, "retrieve", collection, tenant, ids, False)}
+            existing = {p.point_id for p in store.retrieve(collection, tenant, ids, False)}
             for i in rows:
                 if out["point_id"][i] in existing:
                     out["status"][i] = STATUS_SKIP
@@ -168,7 +168,7 @@ class QdrantDatasink(Datasink[dict[str, Any]]):
 
     def __init__(
         self,
-        store: ActorHandle,
+        store_config: StoreConfig,
         collection: str,
         model: str,
         version: str,
@@ -179,7 +179,7 @@ class QdrantDatasink(Datasink[dict[str, Any]]):
     ) -> None:
         if not 1 <= flush_size <= 4096:
             raise ValueError("flush_size must be within 1..4096")
-        self.store = store
+        self.store_config = store_config
         self.collection = collection
         self.model = model
         self.version = version
@@ -203,7 +203,7 @@ class QdrantDatasink(Datasink[dict[str, Any]]):
     def _flush(self, tenant: str, points: list[PointRecord]) -> int:
         if not points:
             return 0
-        return int(store_call(self.store, "upsert", self.collection, tenant, points, self.wait))
+        return int(open_store(self.store_config).upsert(self.collection, tenant, points, self.wait))
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> dict[str, Any]:
         per_tenant: dict[str, dict[str, int]] = {}

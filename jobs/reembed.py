@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from deployments.vector_store.base import collection_name, parse_collection_name
+from deployments.vector_store import StoreConfig, VectorStore, collection_name, open_store, parse_collection_name
 from jobs import migration, sources
 from jobs.resources import TASK_CPUS, InsufficientResourcesError, ResourcePlan, plan_resources
-from jobs.sources import store_call
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -287,7 +286,8 @@ class ProgressReporter(threading.Thread):
 class Pipeline:
     """What one pass of the Ray Data pipeline needs; :meth:`write` runs it and returns the sink summary."""
 
-    store: ActorHandle
+    store: VectorStore  # the driver's
+    store_config: StoreConfig  # what each Ray Data task opens its own store from
     target: str
     model: str
     version: str
@@ -304,13 +304,14 @@ class Pipeline:
         from jobs.qdrant_sink import prepare_batch
 
         task_cpus = self.plan.task_cpus if self.plan else TASK_CPUS
-        ds = sources.build_dataset(self.source, store=self.store, orgs=orgs, collections=collections,
+        ds = sources.build_dataset(self.source, store_config=self.store_config, orgs=orgs, collections=collections,
                                    task_cpus=task_cpus)
         prepare: Any = prepare_batch
+        check_in = None if self.dry_run and not self._target_exists() else self.target
         ds = ds.map_batches(
             prepare, batch_size=self.batch_size, batch_format="pandas", num_cpus=task_cpus,
-            fn_kwargs={"store": self.store, "collection": None if self.dry_run and not self._target_exists()
-                       else self.target, "model": self.model, "version": self.version},
+            fn_kwargs={"store_config": self.store_config, "collection": check_in, "model": self.model,
+                       "version": self.version},
         )
         if self.plan is not None:
             ds = ds.map_batches(
@@ -323,19 +324,19 @@ class Pipeline:
         return ds
 
     def _target_exists(self) -> bool:
-        return self.target in store_call(self.store, "list_collections")
+        return self.target in self.store.list_collections()
 
     def write(self, ds: Any, progress: ActorHandle) -> dict[str, Any]:
         from jobs.qdrant_sink import QdrantDatasink
 
         task_cpus = self.plan.task_cpus if self.plan else TASK_CPUS
-        sink = QdrantDatasink(self.store, self.target, self.model, self.version, flush_size=self.flush_size,
+        sink = QdrantDatasink(self.store_config, self.target, self.model, self.version, flush_size=self.flush_size,
                               dry_run=self.dry_run, progress=progress)
         ds.write_datasink(sink, ray_remote_args={"num_cpus": task_cpus})
         return sink.summary or {"per_tenant": {}, "totals": {}, "failed_examples": []}
 
 
-def resolve_tenants(args: argparse.Namespace, store: ActorHandle, sessions: Any, model: str,
+def resolve_tenants(args: argparse.Namespace, store: VectorStore, sessions: Any, model: str,
                     source: sources.SourceSpec) -> tuple[dict[str, str], dict[str, str] | None]:
     """(each tenant's live collection of ``model``, each tenant's source collection or None for files)."""
     if source.kind == "collection":
@@ -345,9 +346,9 @@ def resolve_tenants(args: argparse.Namespace, store: ActorHandle, sessions: Any,
             source_collections = dict.fromkeys(orgs, collection_name(source.model, source.version))
         else:
             source_collections = {o: r.live for o, r in migration.routes_of(sessions, orgs, source.model).items()}
-        present = set(store_call(store, "list_collections"))
+        present = set(store.list_collections())
         source_collections = {o: c for o, c in source_collections.items()
-                              if c in present and int(store_call(store, "count", c, o)) > 0}
+                              if c in present and int(store.count(c, o)) > 0}
         orgs = sorted(source_collections)
     else:
         source_collections = None
@@ -360,7 +361,7 @@ def resolve_tenants(args: argparse.Namespace, store: ActorHandle, sessions: Any,
     return lives, source_collections
 
 
-def choose_target(args: argparse.Namespace, store: ActorHandle, model: str, source: sources.SourceSpec,
+def choose_target(args: argparse.Namespace, store: VectorStore, model: str, source: sources.SourceSpec,
                   lives: dict[str, str]) -> str:
     if args.to_version:
         return collection_name(model, args.to_version)
@@ -379,7 +380,6 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
     """Run one re-embedding (or dry run) on the connected Ray cluster; returns the result."""
 
     from deployments.registry import get_model
-    from deployments.vector_store.actor import get_store
     from serve_app.db import ROUTE_CACHE_TTL_S
     from serve_app.db.database import Database
 
@@ -389,7 +389,8 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
         raise ValueError("--source is required (unless --rollback or --finalize)")
     if not 1 <= args.batch_size <= 4096:
         raise ValueError("--batch-size must be within 1..4096")
-    store = get_store(settings)
+    store_config = settings.store_config()
+    store = open_store(store_config)
     db = Database(settings.resolved_database_url)
     source = sources.parse_source(args.source)
     if tracker is not None:
@@ -403,13 +404,13 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
     plan = None if args.dry_run else cluster_plan(args)  # fails now, with the fix, if it cannot be placed
     source_counts = None if source_collections is None else sources.count_collections(store, source_collections)
     total = sum(source_counts.values()) if source_counts is not None else None
-    pipeline = Pipeline(store, target, spec.name, version, source, args.batch_size, args.flush_size,
+    pipeline = Pipeline(store, store_config, target, spec.name, version, source, args.batch_size, args.flush_size,
                         args.dry_run, plan)
-    job_id = tracker.job_id if tracker is not None else f"dry-run-{uuid.uuid4()}"
+    job_id = tracker.job_id if tracker is not None else f"untracked-{uuid.uuid4()}"
     began = False
     try:
         if not args.dry_run:
-            store_call(store, "ensure_collection", spec.name, version, spec.dimension)
+            store.ensure_collection(spec.name, version, spec.dimension)
             migration.begin(db.sessions, moves, spec.name, target, job_id, source.describe())
             began = any(m.mode == "migrate" for m in moves)
             if began:  # every writer sees "migrating" (and double-writes) before the source is read
@@ -565,11 +566,9 @@ def route_command(args: argparse.Namespace, settings: Settings,
             return migration.rollback(db.sessions, model, args.org, args.to_version)
         if not args.org:
             raise ValueError("--finalize needs --org: it deletes the tenant's points from the collections it left")
-        from deployments.vector_store.actor import get_store
-
         migration.check_finalizable(db.sessions, model, list(args.org))
         (connect or connect_ray)()
-        return migration.finalize(db.sessions, get_store(settings), model, list(args.org))
+        return migration.finalize(db.sessions, open_store(settings.store_config()), model, list(args.org))
     finally:
         db.dispose()
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from deployments.vector_store import StoreConfig, VectorStore, open_store
+
 if TYPE_CHECKING:
-    from ray.actor import ActorHandle
     from ray.data import Dataset
 
 SourceKind = Literal["collection", "jsonl", "parquet"]
@@ -65,14 +66,6 @@ def parse_source(source: str) -> SourceSpec:
     raise SourceError(f"unknown source kind {kind!r}; use collection, jsonl or parquet")
 
 
-def store_call(store: ActorHandle, method: str, *args: Any) -> Any:
-    """One blocking call on the store actor (``ray.get`` typed as Any)."""
-    import ray
-
-    ref: Any = getattr(store, method).remote(*args)
-    return ray.get(ref)
-
-
 def _text_and_issue(value: Any) -> tuple[str | None, str]:
     """A payload text as (str or None, issue); bytes are decoded when they are valid UTF-8."""
     if isinstance(value, str):
@@ -88,15 +81,16 @@ def _text_and_issue(value: Any) -> tuple[str | None, str]:
 
 
 def scroll_tenant_pages(
-    batch: dict[str, Any], store: ActorHandle, collections: dict[str, str], page_size: int = SCROLL_PAGE
+    batch: dict[str, Any], store_config: StoreConfig, collections: dict[str, str], page_size: int = SCROLL_PAGE
 ) -> Iterator[pd.DataFrame]:
     """Ray Data generator UDF: for each tenant in ``batch``, yield its points (in ``collections[tenant]``,
     the tenant's own source collection) page by page."""
+    store = open_store(store_config)
     for tenant in [str(t) for t in batch["org_id"]]:
         collection = collections[tenant]
         offset: str | None = None
         while True:
-            points, offset = store_call(store, "scroll", collection, tenant, page_size, offset, False)
+            points, offset = store.scroll(collection, tenant, page_size, offset, False)
             if points:
                 rows: dict[str, list[Any]] = {c: [] for c in (*ROW_COLUMNS, "text_issue", "created_at")}
                 for point in points:
@@ -114,24 +108,24 @@ def scroll_tenant_pages(
                 break
 
 
-def model_tenants(store: ActorHandle, model: str) -> set[str]:
+def model_tenants(store: VectorStore, model: str) -> set[str]:
     """Tenants holding points in any version of ``model``."""
     from deployments.vector_store.base import parse_collection_name
 
     found: set[str] = set()
-    for name in store_call(store, "list_collections"):
+    for name in store.list_collections():
         try:
             if parse_collection_name(name)[0] != model:
                 continue
         except ValueError:
             continue
-        found.update(store_call(store, "tenants", name))
+        found.update(store.tenants(name))
     return found
 
 
-def count_collections(store: ActorHandle, collections: dict[str, str]) -> dict[str, int]:
+def count_collections(store: VectorStore, collections: dict[str, str]) -> dict[str, int]:
     """Each tenant's point count in its own collection."""
-    return {t: int(store_call(store, "count", c, t)) for t, c in collections.items()}
+    return {t: int(store.count(c, t)) for t, c in collections.items()}
 
 
 def _add_issue_column(batch: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +142,7 @@ def _keep_orgs(batch: pd.DataFrame, orgs: list[str]) -> pd.DataFrame:
 
 def build_dataset(
     spec: SourceSpec,
-    store: ActorHandle | None = None,
+    store_config: StoreConfig | None = None,
     orgs: list[str] | None = None,
     collections: dict[str, str] | None = None,
     task_cpus: float = 0.05,
@@ -161,7 +155,7 @@ def build_dataset(
     import ray
 
     if spec.kind == "collection":
-        if store is None or collections is None:
+        if store_config is None or collections is None:
             raise SourceError("a collection source needs the store actor and each tenant's collection")
         tenants = sorted(collections)
         seeds = ray.data.from_items([{"org_id": t} for t in tenants], override_num_blocks=max(1, len(tenants)))
@@ -170,7 +164,7 @@ def build_dataset(
             scroll,
             batch_size=1,
             batch_format="numpy",
-            fn_kwargs={"store": store, "collections": collections},
+            fn_kwargs={"store_config": store_config, "collections": collections},
             num_cpus=task_cpus,
         )
     assert spec.path is not None

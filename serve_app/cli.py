@@ -6,9 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serve_app.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from deployments.vector_store import VectorStore
 
 STATE_DIR = Path(os.environ.get("HEIMDEX_STATE_DIR", ".heimdex"))
 
@@ -273,35 +276,36 @@ def _connect_local_ray() -> None:
     ray.init(address=cluster.address, namespace=NAMESPACE, logging_level=40, log_to_driver=False)  # logging.ERROR
 
 
-def _local_store() -> Any:
-    """The running local cluster's vector-store actor (started by `heimdex up`), as a StoreClient."""
+def _local_store() -> VectorStore:
+    """The running local cluster's embedded vector store (started by `heimdex up`), through its actor."""
     import ray
 
-    from deployments.vector_store.actor import NAMESPACE, StoreClient
+    from deployments.vector_store.actor import NAMESPACE
+    from deployments.vector_store.proxies import actor_store
 
     _connect_local_ray()
     try:
         handle = ray.get_actor(get_settings().store_actor_name, namespace=NAMESPACE)
     except ValueError:
         raise SystemExit("no vector store actor: is the service up (`heimdex up`)?") from None
-    return StoreClient(handle)
+    return actor_store(handle)
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Create, list or restore snapshots of the embedded (edge) vector store."""
-    store: Any = _local_store()
+    store = _local_store()
     if args.action == "list":
-        snapshots = store.sync.call("snapshot_list")
+        snapshots = store.snapshot_list()
         for snap in snapshots:
             print(f"{snap['name']}\t{snap['collection']}\t{snap['created_at']}\t{snap['size']} bytes")
         if not snapshots:
             print("no snapshots")
     elif args.action == "create":
-        collections = args.collection or store.sync.call("list_collections")
+        collections = args.collection or store.list_collections()
         for collection in collections:
-            print(store.sync.call("snapshot_create", collection))
+            print(store.snapshot_create(collection))
     else:
-        store.sync.call("snapshot_restore", args.name)
+        store.snapshot_restore(args.name)
         print(f"restored {args.name}")
     return 0
 

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from deployments.registry import get_model
-from deployments.vector_store.actor import StoreClient
+from deployments.vector_store import open_async_store, open_store
+from deployments.vector_store.actor import get_store
 from serve_app.api import create_api
 from serve_app.auth import TokenVerifier
 from serve_app.db.database import Database
@@ -18,7 +18,7 @@ from serve_app.logging_setup import configure_logging
 from serve_app.metrics import MetricsSources
 from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
 from serve_app.routes import jobs, vectors_search, vectors_write
-from serve_app.routing import RouteResolver
+from serve_app.routing import RouteResolver, ensure_model_collections
 from serve_app.services import Services
 from serve_app.settings import get_settings
 from serve_app.switches import real_embeddings_reader
@@ -39,7 +39,8 @@ class Gateway:
     def __init__(self, embedders: dict[str, Any], relay: Any = None) -> None:
         configure_logging()
         settings = get_settings()
-        store = StoreClient.from_settings(settings)
+        store_config = settings.store_config()
+        store = open_async_store(store_config)
         db = Database(settings.resolved_database_url)
         self.services = Services(
             settings=settings,
@@ -55,13 +56,12 @@ class Gateway:
         )
         self.relay = relay
         self.embedders = embedders
-        for model in embedders:
-            spec = get_model(model)
-            store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
+        ensure_model_collections(open_store(store_config), embedders)
+        self.store_actor = get_store(store_config) if store_config.embedded else None
         logger.info("gateway ready; models served: %s", sorted(embedders))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = create_api(self.services, extra_routers=(
             vectors_search.router, vectors_write.router, jobs.router))
-        app.state.metrics_sources = MetricsSources(self.embedders, self.relay, self.services.store, self.services.db)
+        app.state.metrics_sources = MetricsSources(self.embedders, self.relay, self.store_actor, self.services.db)
         return app

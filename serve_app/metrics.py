@@ -160,7 +160,7 @@ class MetricsSources:
 
     embedders: dict[str, Any] = field(default_factory=dict)
     relay: Any = None
-    store: Any = None  # deployments.vector_store.actor.StoreClient
+    store_actor: Any = None  # the embedded store's actor handle (None with a Qdrant server: no actor)
     db: Any = None  # serve_app.db.database.Database
 
 
@@ -190,8 +190,8 @@ async def collect_snapshot(sources: MetricsSources) -> dict[str, Any]:
              for model, handle in sorted(sources.embedders.items())]
     if sources.relay is not None:
         calls.append(guarded("relay", sources.relay.status.remote()))
-    if sources.store is not None:
-        calls.append(guarded("store", sources.store.call("metrics_snapshot")))
+    if sources.store_actor is not None:
+        calls.append(guarded("store", sources.store_actor.metrics_snapshot.remote()))
     if sources.db is not None:
         calls.append(guarded("database", asyncio.to_thread(count_jobs_by_status, sources.db)))
     return dict(await asyncio.gather(*calls))

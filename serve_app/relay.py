@@ -26,17 +26,21 @@ from typing import Any
 from ray import serve
 
 from deployments.metrics import RayMetrics
-from deployments.mock_vectors import MOCK_DIMENSION, MOCK_MODEL, MOCK_VERSION, mock_vector
+from deployments.mock_vectors import MOCK_MODEL, mock_vector
 from deployments.point_ids import point_id_for
-from deployments.registry import get_model
-from deployments.vector_store import PointRecord, parse_collection_name
-from deployments.vector_store.actor import StoreClient
+from deployments.vector_store import (
+    AsyncVectorStore,
+    PointRecord,
+    open_async_store,
+    open_store,
+    parse_collection_name,
+)
 from serve_app.db.database import Database
 from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.logging_setup import configure_logging, fields
-from serve_app.routing import RouteResolver
+from serve_app.routing import RouteResolver, ensure_model_collections
 from serve_app.settings import Settings, get_settings
 from serve_app.switches import real_embeddings_reader
 
@@ -66,7 +70,8 @@ def point_payload(msg: ClaimedMessage, model_version: str) -> dict[str, Any]:
 class RelayCore:
     """The relay's work, independent of Serve (the fault tests drive it directly too)."""
 
-    def __init__(self, settings: Settings, embedders: Any, store: StoreClient, owner: str | None = None) -> None:
+    def __init__(self, settings: Settings, embedders: Any, store: AsyncVectorStore,
+                 owner: str | None = None) -> None:
         self.settings = settings
         self.embedders = embedders
         self.store = store
@@ -232,11 +237,9 @@ class OutboxRelay:
     def __init__(self, embedders: dict[str, Any]) -> None:
         configure_logging()
         settings = get_settings()
-        store = StoreClient.from_settings(settings)
-        store.sync.ensure_collection(MOCK_MODEL, MOCK_VERSION, MOCK_DIMENSION)
-        for model in embedders:
-            spec = get_model(model)
-            store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
+        store_config = settings.store_config()
+        ensure_model_collections(open_store(store_config), embedders)
+        store = open_async_store(store_config)
         self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s), store)
         self._stopping = asyncio.Event()
         self._last_error: str | None = None

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from deployments.mock_vectors import MOCK_MODEL, MOCK_VERSION
+from deployments.mock_vectors import MOCK_DIMENSION, MOCK_MODEL, MOCK_VERSION
 from deployments.registry import get_model
-from deployments.vector_store import collection_name
+from deployments.vector_store import VectorStore, collection_name
 from serve_app.db.routes import ROUTE_CACHE_TTL_S, Route, RouteRepository
+
+
+def ensure_model_collections(store: VectorStore, models: Iterable[str]) -> None:
+    """Create each model's registry collection (and the mock one) if absent: where tenants start."""
+    store.ensure_collection(MOCK_MODEL, MOCK_VERSION, MOCK_DIMENSION)
+    for model in models:
+        spec = get_model(model)
+        store.ensure_collection(spec.name, spec.version, spec.dimension)
 
 
 def default_collection(model: str) -> str:

@@ -16,7 +16,7 @@ class Services:
     verifier: Any  # serve_app.auth.TokenVerifier
     limiter: Any  # serve_app.rate_limit.TenantRateLimiter
     gate: Any  # serve_app.rate_limit.ConcurrencyGate
-    store: Any | None = None  # deployments.vector_store.StoreClient
+    store: Any | None = None  # deployments.vector_store.AsyncVectorStore
     db: Any | None = None  # serve_app.db.database.Database
     routes: Any | None = None  # serve_app.routing.RouteResolver (per-tenant live collections)
     switches: Any | None = None  # serve_app.switches.SwitchReader of real_embeddings (None: the Settings value)

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployments.vector_store.config import StoreConfig
+
 DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
 
 
@@ -110,6 +112,12 @@ class Settings(BaseSettings):
         if self.anonymous_embeddings is None:
             return self.env == "development"
         return self.anonymous_embeddings
+
+    def store_config(self) -> StoreConfig:
+        """What the vector-store layer needs of these settings (a picklable value for Ray tasks)."""
+        return StoreConfig(data_dir=self.data_dir.resolve(), qdrant_url=self.qdrant_url,
+                           qdrant_api_key=self.qdrant_api_key, actor_name=self.store_actor_name,
+                           optimize_after_writes=self.optimize_after_writes)
 
     @property
     def resolved_database_url(self) -> str:

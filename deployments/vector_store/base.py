@@ -1,7 +1,11 @@
 """The vector-store contract every backend implements, and the records that cross it.
 
-Two backends sit behind :class:`VectorStoreBackend`: the embedded Qdrant edge shard (one process,
-no server) and a Qdrant server through ``qdrant-client``. Callers never see which one runs. Every
+Two implementations sit behind :class:`VectorStore`: the embedded Qdrant edge shard (one process,
+no server; other processes reach it through a proxy of the actor that owns it, see
+:mod:`deployments.vector_store.proxies`) and a Qdrant server through ``qdrant-client`` (each process
+talks to the server itself). :func:`deployments.vector_store.open_store` picks one, once; callers
+never see which one runs. The async twin of this contract, ``AsyncVectorStore``, is generated from
+this class (scripts/generate_async_store.py; a test checks it is current). Every
 read and write takes the tenant explicitly and the backend adds the ``org_id`` filter itself, so
 no caller can forget tenant isolation.
 """
@@ -119,10 +123,14 @@ def tenant_payload(tenant: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, TENANT_FIELD: tenant}
 
 
-class VectorStoreBackend(abc.ABC):
-    """What every vector-store backend offers; names may be collections or aliases throughout."""
+class VectorStore(abc.ABC):
+    """What every vector store offers; names may be collections or aliases throughout."""
 
     kind: str = "abstract"
+
+    def ping(self) -> dict[str, Any]:
+        """The store answers: its kind and its collections."""
+        return {"kind": self.kind, "collections": self.list_collections()}
 
     # Collections and aliases -------------------------------------------------------------
     @abc.abstractmethod
@@ -177,10 +185,6 @@ class VectorStoreBackend(abc.ABC):
         """Nearest neighbours of ``vector`` among the tenant's points, best first."""
 
     @abc.abstractmethod
-    def search_batch(self, collection: str, requests: list[dict[str, Any]]) -> list[list[SearchHit]]:
-        """Several searches in one call; each dict has tenant, vector, limit, asset_id, score_threshold."""
-
-    @abc.abstractmethod
     def retrieve(
         self, collection: str, tenant: str, ids: list[str], with_vectors: bool = False
     ) -> list[StoredPoint]:
@@ -227,13 +231,7 @@ class VectorStoreBackend(abc.ABC):
         """Flush and release everything; the backend is unusable afterwards."""
 
 
-def parse_batch_request(request: dict[str, Any]) -> tuple[str, list[float], int, str | None, float | None]:
-    """Validate one search_batch entry into (tenant, vector, limit, asset_id, score_threshold)."""
-    try:
-        tenant = check_tenant(request["tenant"])
-        vector = as_float_list(request["vector"])
-    except KeyError as exc:
-        raise ValueError(f"search_batch request lacks {exc.args[0]!r}") from None
-    limit = int(request.get("limit", 10))
-    threshold = request.get("score_threshold")
-    return tenant, vector, limit, request.get("asset_id"), None if threshold is None else float(threshold)
+# Every public method of the contract, in declaration order: what the proxies forward and the async
+# twin mirrors.
+CONTRACT_METHODS: tuple[str, ...] = tuple(
+    name for name, value in VectorStore.__dict__.items() if callable(value) and not name.startswith("_"))

@@ -49,13 +49,12 @@ from deployments.vector_store.base import (
     StoredPoint,
     StoreUnavailableError,
     Vector,
-    VectorStoreBackend,
+    VectorStore,
     WithPayload,
     alias_name,
     as_float_list,
     check_tenant,
     collection_name,
-    parse_batch_request,
     tenant_payload,
 )
 
@@ -99,7 +98,7 @@ class _Shard:
     optimized_writes: int = 0  # points written before the last optimize (upserts counted, not distinct)
 
 
-class EdgeBackend(VectorStoreBackend):
+class EdgeBackend(VectorStore):
     """Qdrant edge shards on local disk, HNSW built by a background optimizer thread."""
 
     kind = "edge"
@@ -291,20 +290,6 @@ class EdgeBackend(VectorStoreBackend):
                 raise DimensionMismatchError(s.name, s.dimension, len(query_vector))
             request = self._query(query_vector, tenant, limit, asset_id, score_threshold, with_payload)
             return [_hit(p) for p in s.shard.query(request)]
-
-    def search_batch(self, collection: str, requests: list[dict[str, Any]]) -> list[list[SearchHit]]:
-        if not requests:
-            return []
-        queries = []
-        with self._locked(collection) as s:
-            for request in requests:
-                tenant, vector, limit, asset_id, threshold = parse_batch_request(request)
-                if len(vector) != s.dimension:
-                    raise DimensionMismatchError(s.name, s.dimension, len(vector))
-                with_payload = request.get("with_payload", True)
-                queries.append(self._query(vector, tenant, limit, asset_id, threshold, with_payload))
-            results = s.shard.query_batch(qe.QueryBatchRequest(queries))
-        return [[_hit(p) for p in hits] for hits in results]
 
     @staticmethod
     def _retrieve(s: _Shard, tenant: str, ids: list[str], with_vectors: bool) -> list[StoredPoint]:

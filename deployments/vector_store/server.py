@@ -31,13 +31,12 @@ from deployments.vector_store.base import (
     StoredPoint,
     StoreUnavailableError,
     Vector,
-    VectorStoreBackend,
+    VectorStore,
     WithPayload,
     alias_name,
     as_float_list,
     check_tenant,
     collection_name,
-    parse_batch_request,
     tenant_payload,
 )
 
@@ -80,7 +79,7 @@ def _stored(record: m.Record, with_vectors: bool) -> StoredPoint:
     return StoredPoint(point_id=str(record.id), payload=dict(record.payload or {}), vector=vector)
 
 
-class ServerBackend(VectorStoreBackend):
+class ServerBackend(VectorStore):
     """Qdrant through qdrant-client: a real server via :meth:`from_url`, or ``QdrantClient(":memory:")``."""
 
     kind = "server"
@@ -258,26 +257,6 @@ class ServerBackend(VectorStoreBackend):
             with_payload=with_payload,
         )
         return [_hit(p) for p in response.points]
-
-    def search_batch(self, collection: str, requests: list[dict[str, Any]]) -> list[list[SearchHit]]:
-        if not requests:
-            return []
-        name = self.resolve(collection)
-        queries = []
-        for request in requests:
-            tenant, vector, limit, asset_id, threshold = parse_batch_request(request)
-            self._check_dimension(name, vector)
-            queries.append(
-                m.QueryRequest(
-                    query=vector,
-                    filter=_tenant_filter(tenant, asset_id),
-                    limit=limit,
-                    score_threshold=threshold,
-                    with_payload=request.get("with_payload", True),
-                )
-            )
-        responses = self._call(self.client.query_batch_points, name, requests=queries)
-        return [[_hit(p) for p in r.points] for r in responses]
 
     def retrieve(
         self, collection: str, tenant: str, ids: list[str], with_vectors: bool = False

@@ -8,7 +8,7 @@ import math
 from fastapi import APIRouter, Path
 
 from deployments.mock_vectors import MOCK_MODEL
-from deployments.vector_store import parse_collection_name
+from deployments.vector_store import AsyncVectorStore, parse_collection_name
 from serve_app.deps import PrincipalDep, ServicesDep
 from serve_app.errors import ApiError
 from serve_app.models_check import resolve_model
@@ -44,10 +44,11 @@ def _routes(services: Services) -> RouteResolver:
     return resolver
 
 
-def _store(services: Services):  # type: ignore[no-untyped-def]
+def _store(services: Services) -> AsyncVectorStore:
     if services.store is None:
         raise ApiError(503, "store_unavailable", "the vector store is not configured", headers={"Retry-After": "5"})
-    return services.store
+    store: AsyncVectorStore = services.store
+    return store
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
@@ -91,7 +92,7 @@ async def delete_asset(
     """Delete this tenant's points of ``asset_id`` in every collection, every model and version (other
     tenants untouched): a rollback or a migration's target can never bring a deleted asset back."""
     store = _store(services)
-    collections: list[str] = await store.call("list_collections")
+    collections = await store.list_collections()
     deleted = 0
     models: set[str] = set()
     for collection in collections:

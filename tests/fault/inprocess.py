@@ -34,7 +34,7 @@ MODEL = "minilm-l6-v2"
 
 
 class MemoryStoreFake:
-    """An in-memory stand-in for StoreClient: points keyed by (collection, tenant, point id)."""
+    """An in-memory stand-in (a named fake) for AsyncVectorStore: points keyed by (collection, tenant, point id)."""
 
     def __init__(self) -> None:
         self.points: dict[tuple[str, str], dict[str, PointRecord]] = defaultdict(dict)

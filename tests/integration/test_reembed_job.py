@@ -36,10 +36,10 @@ CREATED = "2024-01-01T00:00:00+00:00"
 
 
 def store() -> Any:
-    from deployments.vector_store.actor import StoreClient
+    from deployments.vector_store import open_store
     from serve_app.settings import Settings
 
-    return StoreClient.from_settings(Settings()).sync
+    return open_store(Settings().store_config())
 
 
 def seg(i: int) -> str:
@@ -135,10 +135,10 @@ def test_mock_to_minilm_migration_matches_online_vectors(
         assert result["reconciled"][org] == {"missing": 0, "extra_removed": 0, "catch_up_pass": 0}
 
     # Tenant isolation: ORG_A's stored points all say ORG_A; its ids are invisible to ORG_B.
-    points, _ = client.call("scroll", target, ORG_A, 2000, None, False)
+    points, _ = client.scroll(target, ORG_A, 2000, None, False)
     assert len(points) == PER_ORG and {p.payload["org_id"] for p in points} == {ORG_A}
     a_ids = [p.point_id for p in points]
-    assert client.call("retrieve", target, ORG_B, a_ids[:200]) == []
+    assert client.retrieve(target, ORG_B, a_ids[:200]) == []
 
     # Vectors equal the online API's for the same text (sample of 240 over both tenants).
     sample = [(org, seg(i)) for org in (ORG_A, ORG_B) for i in range(0, PER_ORG, 8)][:240]
@@ -146,7 +146,7 @@ def test_mock_to_minilm_migration_matches_online_vectors(
     for org in (ORG_A, ORG_B):
         keys = [k for k in sample if k[0] == org]
         ids = {point_id_for(org, f"asset-{int(s[4:]) % 7}", s, MODEL, version): (org, s) for _, s in keys}
-        for point in client.call("retrieve", target, org, list(ids), True):
+        for point in client.retrieve(target, org, list(ids), True):
             key = ids[point.point_id]
             assert point.payload["text"] == seeded[key]
             assert point.payload["model"] == MODEL and point.payload["model_version"] == version
@@ -175,7 +175,7 @@ def test_killed_run_resumes_without_duplicates(serve_app: ServeApp, seeded: dict
     client = store()
 
     def written() -> int:
-        if target not in client.call("list_collections"):
+        if target not in client.list_collections():
             return 0
         return sum(int(client.count(target, org)) for org in EXPECTED)
 
@@ -217,4 +217,4 @@ def test_dry_run_writes_nothing(serve_app: ServeApp, seeded: dict[tuple[str, str
     assert result["per_tenant"][ORG_A]["source_rows"] == PER_ORG + len(BLANKS)
     assert result["per_tenant"][ORG_B]["source_rows"] == PER_ORG
     assert result["would_switch"] == [ORG_A, ORG_B]
-    assert target not in client.call("list_collections")
+    assert target not in client.list_collections()

@@ -12,7 +12,8 @@ import pytest
 import ray
 
 from deployments.vector_store import PointRecord, alias_name
-from deployments.vector_store.actor import StoreClient, get_store
+from deployments.vector_store.actor import get_store
+from deployments.vector_store.proxies import actor_store, async_actor_store
 from serve_app.settings import Settings
 from tests.conftest import RayCluster
 
@@ -33,27 +34,28 @@ def settings(tmp_path: Path) -> Settings:
 def test_actor_store_round_trip_and_restart(local_ray: None, settings: Settings) -> None:
     rng = np.random.default_rng(0)
     points = [PointRecord(str(uuid.uuid4()), rng.normal(size=DIM), {"asset_id": "a"}) for _ in range(10)]
-    handle = get_store(settings)
+    config = settings.store_config()
+    handle = get_store(config)
     try:
-        client = StoreClient(handle)
-        assert get_store(settings)._actor_id == handle._actor_id, "get_if_exists returns the same actor"
-        collection = client.sync.ensure_collection("toy", "v1", DIM)
-        assert client.sync.upsert(alias_name("toy"), "org-a", points) == 10
+        client, awaited = actor_store(handle), async_actor_store(handle)
+        assert get_store(config)._actor_id == handle._actor_id, "get_if_exists returns the same actor"
+        collection = client.ensure_collection("toy", "v1", DIM)
+        assert client.upsert(alias_name("toy"), "org-a", points) == 10
 
         async def search() -> list[str]:
-            hits = await client.search(alias_name("toy"), "org-a", points[2].vector, limit=3)
+            hits = await awaited.search(alias_name("toy"), "org-a", points[2].vector, limit=3)
             return [h.point_id for h in hits]
 
         assert asyncio.run(search())[0] == points[2].id
-        assert client.sync.search(alias_name("toy"), "org-b", points[2].vector) == []
-        assert client.sync.ping() == {"kind": "edge", "collections": [collection]}
+        assert client.search(alias_name("toy"), "org-b", points[2].vector) == []
+        assert client.ping() == {"kind": "edge", "collections": [collection]}
         assert (settings.data_dir / "qdrant" / "collections" / collection).is_dir()
 
         ray.kill(handle, no_restart=True)
-        handle = get_store(settings)
-        client = StoreClient(handle)
-        assert client.sync.count(alias_name("toy"), "org-a") == 10
-        hits = client.sync.search(alias_name("toy"), "org-a", points[5].vector, limit=1)
+        handle = get_store(config)
+        client = actor_store(handle)
+        assert client.count(alias_name("toy"), "org-a") == 10
+        hits = client.search(alias_name("toy"), "org-a", points[5].vector, limit=1)
         assert hits[0].point_id == points[5].id
     finally:
         ray.kill(handle, no_restart=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from deployments.vector_store import PointRecord, VectorStoreBackend, alias_name
+from deployments.vector_store import PointRecord, VectorStore, alias_name
 from deployments.vector_store.edge import EdgeBackend
 from deployments.vector_store.server import ServerBackend
 
@@ -27,7 +27,7 @@ def backends(tmp_path: Path) -> Iterator[tuple[EdgeBackend, ServerBackend]]:
     server.close()
 
 
-def run_sequence(store: VectorStoreBackend) -> dict[str, Any]:
+def run_sequence(store: VectorStore) -> dict[str, Any]:
     """One fixed sequence of writes and reads; returns everything observed."""
     rng = np.random.default_rng(42)
     vectors = rng.normal(size=(60, DIM)).astype(np.float32)
@@ -48,9 +48,6 @@ def run_sequence(store: VectorStoreBackend) -> dict[str, Any]:
     out["search"] = [store.search(alias, "org-a", q, limit=7) for q in queries]
     out["search_asset"] = [store.search(alias, "org-b", q, limit=5, asset_id="a2") for q in queries]
     out["search_threshold"] = store.search(alias, "org-a", queries[0], limit=30, score_threshold=0.2)
-    out["batch"] = store.search_batch(
-        alias, [{"tenant": "org-b", "vector": q, "limit": 4, "asset_id": None} for q in queries]
-    )
     out["counts"] = [store.count(alias, org, asset) for org in points for asset in (None, "a0", "a3")]
     asked = [points["org-a"][3].id, points["org-b"][0].id, points["org-a"][1].id]
     out["retrieve"] = [p.point_id for p in store.retrieve(alias, "org-a", asked)]
@@ -77,7 +74,7 @@ def run_sequence(store: VectorStoreBackend) -> dict[str, Any]:
 
 def test_edge_and_server_agree(backends: tuple[EdgeBackend, ServerBackend]) -> None:
     edge_out, server_out = (run_sequence(b) for b in backends)
-    for key in ("search", "search_asset", "batch"):
+    for key in ("search", "search_asset"):
         for edge_hits, server_hits in zip(edge_out.pop(key), server_out.pop(key), strict=True):
             assert [h.point_id for h in edge_hits] == [h.point_id for h in server_hits], key
             assert np.allclose([h.score for h in edge_hits], [h.score for h in server_hits], atol=1e-4), key

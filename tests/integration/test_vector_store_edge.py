@@ -104,18 +104,6 @@ def test_upsert_search_retrieve_count_scroll_delete(backend: EdgeBackend) -> Non
     bare = backend.search(ALIAS, "org-a", points[7].vector, limit=1, with_payload=False)
     assert bare[0].payload == {}
 
-    batch = backend.search_batch(
-        ALIAS,
-        [
-            {"tenant": "org-a", "vector": points[3].vector, "limit": 3},
-            {"tenant": "org-a", "vector": points[4].vector, "limit": 2, "asset_id": "a0"},
-        ],
-    )
-    assert [h.point_id for h in batch[0]] == [
-        h.point_id for h in backend.search(ALIAS, "org-a", points[3].vector, 3)
-    ]
-    assert len(batch[1]) == 2 and all(h.payload["asset_id"] == "a0" for h in batch[1])
-
     got = backend.retrieve(ALIAS, "org-a", [points[2].id, points[1].id, str(uuid.uuid4())], with_vectors=True)
     assert [p.point_id for p in got] == [points[2].id, points[1].id]
     assert got[0].vector is not None

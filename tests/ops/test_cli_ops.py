@@ -22,14 +22,15 @@ def test_snapshot_create_list_restore_roundtrip(serve_app: ServeApp, monkeypatch
     import ray
 
     from deployments.vector_store import PointRecord
-    from deployments.vector_store.actor import NAMESPACE, StoreClient
+    from deployments.vector_store.actor import NAMESPACE
+    from deployments.vector_store.proxies import actor_store
     from serve_app.settings import get_settings
 
-    store = StoreClient(ray.get_actor(get_settings().store_actor_name, namespace=NAMESPACE))
+    store = actor_store(ray.get_actor(get_settings().store_actor_name, namespace=NAMESPACE))
     monkeypatch.setattr(cli, "_local_store", lambda: store)
-    collection = store.sync.ensure_collection(f"opssnap{uuid.uuid4().hex[:6]}", "v1", 4)
+    collection = store.ensure_collection(f"opssnap{uuid.uuid4().hex[:6]}", "v1", 4)
     keep, extra = str(uuid.uuid4()), str(uuid.uuid4())
-    store.sync.upsert(collection, "org-snap", [PointRecord(keep, [1.0, 0.0, 0.0, 0.0], {"asset_id": "a"})])
+    store.upsert(collection, "org-snap", [PointRecord(keep, [1.0, 0.0, 0.0, 0.0], {"asset_id": "a"})])
 
     assert cli.main(["snapshot", "create", collection]) == 0
     name = capsys.readouterr().out.strip()
@@ -37,11 +38,11 @@ def test_snapshot_create_list_restore_roundtrip(serve_app: ServeApp, monkeypatch
     assert cli.main(["snapshot", "list"]) == 0
     assert name in capsys.readouterr().out
 
-    store.sync.upsert(collection, "org-snap", [PointRecord(extra, [0.0, 1.0, 0.0, 0.0], {"asset_id": "b"})])
-    assert store.sync.count(collection, "org-snap") == 2
+    store.upsert(collection, "org-snap", [PointRecord(extra, [0.0, 1.0, 0.0, 0.0], {"asset_id": "b"})])
+    assert store.count(collection, "org-snap") == 2
     assert cli.main(["snapshot", "restore", name]) == 0
     assert f"restored {name}" in capsys.readouterr().out
-    assert store.sync.count(collection, "org-snap") == 1  # back to the snapshot's content
+    assert store.count(collection, "org-snap") == 1  # back to the snapshot's content
 
 
 def test_evaluate_and_snapshot_parse() -> None:

@@ -88,7 +88,7 @@ def heimdex(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_migration_finds_every_write_and_spares_the_other_tenant(serve_app: ServeApp) -> None:
-    from deployments.vector_store.actor import StoreClient
+    from deployments.vector_store import open_store
     from serve_app.settings import Settings
 
     url = serve_app.url
@@ -125,7 +125,7 @@ def test_migration_finds_every_write_and_spares_the_other_tenant(serve_app: Serv
     assert any(j["type"] == "reembed" and j["status"] == "succeeded" for j in jobs), jobs
 
     # Delete reaches every version: no rollback can bring the asset back.
-    store = StoreClient.from_settings(Settings()).sync
+    store = open_store(Settings().store_config())
     deleted = httpx.delete(f"{url}/vectors/assets/doc-0", headers=auth(org), timeout=30).json()
     assert deleted["deleted"] == 8  # 4 segments in v1 and 4 in the target
     assert store.count(V1, org, "doc-0") == 0 and store.count(target, org, "doc-0") == 0
@@ -141,7 +141,7 @@ def test_migration_finds_every_write_and_spares_the_other_tenant(serve_app: Serv
 
 
 def test_mock_points_are_dropped_only_after_a_verified_fill(serve_app: ServeApp) -> None:
-    from deployments.vector_store.actor import StoreClient
+    from deployments.vector_store import open_store
     from jobs.reembed import route_command
     from serve_app.db import RouteConflictError
     from serve_app.settings import Settings
@@ -153,7 +153,7 @@ def test_mock_points_are_dropped_only_after_a_verified_fill(serve_app: ServeApp)
                                                                                "text": text}, timeout=30)
         assert response.status_code == 202
         wait_job(url, org, response.json()["job_id"])
-    store = StoreClient.from_settings(Settings()).sync
+    store = open_store(Settings().store_config())
     mock = collection_name("mock", "v1")
     finalize = heimdex("reembed", "--finalize", "--model", MODEL, "--org", org)
     assert finalize.returncode == 2 and "no verified re-embed" in finalize.stderr

@@ -37,7 +37,7 @@ def test_reembed_bad_input(serve_app: ServeApp, body: dict[str, str], field: str
 
 
 def test_admin_reembeds_own_tenant_and_no_other(serve_app: ServeApp) -> None:
-    from deployments.vector_store.actor import StoreClient
+    from deployments.vector_store import open_store
     from serve_app.settings import Settings
 
     org, other, version = f"org-re-{uuid.uuid4().hex[:6]}", f"org-re-{uuid.uuid4().hex[:6]}", \
@@ -48,7 +48,7 @@ def test_admin_reembeds_own_tenant_and_no_other(serve_app: ServeApp) -> None:
                                   json={"asset_id": "doc", "segment_id": str(i), "text": text})
             assert response.status_code == 202
             wait_job(serve_app.url, tenant, response.json()["job_id"])
-    store = StoreClient.from_settings(Settings()).sync
+    store = open_store(Settings().store_config())
     def held(tenant: str) -> tuple[object, object]:
         stats = httpx.get(f"{serve_app.url}/vectors/stats", headers=auth(tenant), timeout=30).json()
         return stats["routes"], {c: n for c, n in stats["collections"].items() if n}
@@ -68,7 +68,7 @@ def test_admin_reembeds_own_tenant_and_no_other(serve_app: ServeApp) -> None:
     assert stats["routes"][MODEL]["live"] == target and stats["routes"][MODEL]["state"] == "switched"
     assert held(other) == other_before, "a tenant admin's re-embed moved another tenant"
 
-    points, _ = store.call("scroll", target, org, limit=10, with_vectors=True)
+    points, _ = store.scroll(target, org, limit=10, with_vectors=True)
     texts = [p.payload["text"] for p in points]
     reference = httpx.post(f"{serve_app.url}/v1/embeddings", json={"input": texts, "model": MODEL}, timeout=60)
     expected = np.array([d["embedding"] for d in reference.json()["data"]], dtype=np.float32)

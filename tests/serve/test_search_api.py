@@ -32,10 +32,10 @@ def auth(org: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus(serve_app: ServeApp) -> dict[str, Any]:
     """Tenant A: paraphrase sources + 200 distractors (asset-x / asset-y); tenant B: other 200 distractors."""
-    from deployments.vector_store.actor import StoreClient
+    from deployments.vector_store import open_store
     from serve_app.settings import Settings
 
-    store = StoreClient.from_settings(Settings()).sync
+    store = open_store(Settings().store_config())
     distractors = distractor_sentences(400)
     tenants = {
         "search-org-a": [s for s, _ in PARAPHRASES] + distractors[:200],

@@ -19,7 +19,7 @@ from deployments.vector_store import (
     collection_name,
 )
 from deployments.vector_store import server as server_mod
-from deployments.vector_store.base import as_float_list, check_tenant, parse_batch_request, tenant_payload
+from deployments.vector_store.base import as_float_list, check_tenant, parse_collection_name, tenant_payload
 from deployments.vector_store.server import ServerBackend
 
 
@@ -41,17 +41,13 @@ def test_tenant_payload_forces_and_validates_org() -> None:
         check_tenant("")
 
 
-def test_vector_and_batch_request_parsing() -> None:
+def test_vector_and_collection_name_parsing() -> None:
     assert as_float_list(np.array([[1, 2]], dtype=np.float64)) == [1.0, 2.0]
-    assert parse_batch_request({"tenant": "t", "vector": [1, 2], "limit": 3, "score_threshold": 0.5}) == (
-        "t",
-        [1.0, 2.0],
-        3,
-        None,
-        0.5,
-    )
-    with pytest.raises(ValueError, match="vector"):
-        parse_batch_request({"tenant": "t"})
+    assert parse_collection_name("embeddings__minilm-l6-v2__v12") == ("minilm-l6-v2", "v12")
+    assert parse_collection_name(collection_name("a__b", "v1")) == ("a__b", "v1")
+    for bad in ("embeddings__minilm", "other__m__v1", "embeddings____v1"):
+        with pytest.raises(ValueError, match="not a collection name"):
+            parse_collection_name(bad)
 
 
 def test_server_retries_transient_errors(monkeypatch: pytest.MonkeyPatch) -> None:
