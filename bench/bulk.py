@@ -69,6 +69,7 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
     from deployments.vector_store.actor import get_store
     from jobs import reembed
     from serve_app.db import upgrade_database
+    from serve_app.reembed_args import ReembedArgs
     from serve_app.settings import Settings
 
     if not ray.is_initialized():
@@ -85,7 +86,7 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
         argv = ["--source", f"jsonl:{source}", "--model", MODEL, "--to-version", "bench",
                 "--batch-size", str(batch_size), "--concurrency", str(concurrency), "--no-switch"]
         argv += ["--num-cpus", f"{num_cpus if num_cpus is not None else float(os.cpu_count() or 1):g}"]
-        args = reembed.build_arg_parser().parse_args(argv)
+        args = ReembedArgs.parse(argv)
         upgrade_database(settings.resolved_database_url)  # the job keeps tenant routes there
         started = time.perf_counter()
         result = reembed.run(args, settings)

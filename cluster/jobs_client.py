@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import sys
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
 ENTRYPOINT_MODULE = "jobs.reembed"
-RESULT_PREFIX = "REEMBED_RESULT "
 # Environment the job needs besides the caller's HEIMDEX_* settings.
 PASS_THROUGH_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "HEIMDEX_MINILM_DIR")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -137,21 +135,9 @@ def submit_reembed(
             time.sleep(1.0)
 
 
-def parse_result(logs: str) -> dict[str, Any] | None:
-    """The last ``REEMBED_RESULT {json}`` line of a job's logs, if any."""
-    for line in reversed(logs.splitlines()):
-        index = line.find(RESULT_PREFIX)
-        if index >= 0:
-            try:
-                parsed: dict[str, Any] = json.loads(line[index + len(RESULT_PREFIX):])
-            except json.JSONDecodeError:
-                continue
-            return parsed
-    return None
-
-
 def job_status(dashboard_url: str, submission_id: str, *, token: str | None = None) -> dict[str, Any]:
-    """Status, message, timestamps and (once it printed one) the job's REEMBED_RESULT."""
+    """Ray's view of the submission: status, message, timestamps, metadata. The re-embed's own result is
+    in its Heimdex job row (``heimdex status`` shows both), never scraped from logs."""
     client = make_client(dashboard_url, token)
     info = client.get_job_info(submission_id)
     status = str(getattr(info.status, "value", info.status))
@@ -163,10 +149,7 @@ def job_status(dashboard_url: str, submission_id: str, *, token: str | None = No
         "start_time": info.start_time,
         "end_time": info.end_time,
         "metadata": info.metadata,
-        "result": None,
     }
-    if status in TERMINAL or status == "RUNNING":
-        out["result"] = parse_result(client.get_job_logs(submission_id))
     return out
 
 

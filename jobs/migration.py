@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from deployments.point_ids import point_id_for
 from deployments.vector_store.base import VectorStore, collection_name, parse_collection_name
+from jobs.texts import validate_text
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -84,8 +85,6 @@ def scan_ids(store: VectorStore, collection: str, tenant: str) -> Iterator[tuple
 
 def expected_ids(store: VectorStore, source: str, tenant: str, model: str, version: str) -> set[str]:
     """The target point IDs of the tenant's embeddable source rows (text that validates)."""
-    from jobs.qdrant_sink import validate_text
-
     out: set[str] = set()
     for _, payload in scan_ids(store, source, tenant):
         text, error = validate_text(payload.get("text"))

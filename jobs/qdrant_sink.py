@@ -25,14 +25,15 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 
 from deployments.point_ids import point_id_for
 from deployments.vector_store import PointRecord, StoreConfig, open_store
+from deployments.vector_store.payloads import segment_payload
 from jobs.embed_udf import STATUS_FAILED, STATUS_SKIP, STATUS_TODO
+from jobs.texts import validate_text
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
     from ray.data._internal.execution.interfaces import TaskContext
 
 MAX_FAILED_EXAMPLES = 20
-PREVIEW_CHARS = 200
 COUNT_KEYS = ("rows", "embedded", "skipped_existing", "failed")
 
 
@@ -42,24 +43,6 @@ def _clean_id(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-def validate_text(value: Any, issue: str = "") -> tuple[str, str]:
-    """(text, error): error is empty when the text can be embedded."""
-    if issue:
-        return "", issue
-    if isinstance(value, bytes | bytearray):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return "", "undecodable text (invalid UTF-8)"
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "", "missing text"
-    if not isinstance(value, str):
-        return "", f"non-string text ({type(value).__name__})"
-    if not value.strip():
-        return "", "blank text"
-    return value, ""
 
 
 def prepare_batch(
@@ -239,18 +222,9 @@ class QdrantDatasink(Datasink[dict[str, Any]]):
                     delta["embedded"] += 1
                 else:
                     assert vectors is not None, "embedded rows carry a vector column"
-                    text = str(cols["text"][i])
                     made = str(cols["created_at"][i]) if "created_at" in cols else ""
-                    payload = {
-                        "org_id": tenant,
-                        "asset_id": str(cols["asset_id"][i]),
-                        "segment_id": str(cols["segment_id"][i]),
-                        "model": self.model,
-                        "model_version": self.version,
-                        "text": text,
-                        "text_preview": text[:PREVIEW_CHARS],
-                        "created_at": made or now,
-                    }
+                    payload = segment_payload(tenant, str(cols["asset_id"][i]), str(cols["segment_id"][i]),
+                                              self.model, self.version, str(cols["text"][i]), made or now)
                     buffer = buffers.setdefault(tenant, [])
                     buffer.append(PointRecord(str(cols["point_id"][i]), np.asarray(vectors[i]), payload))
                     if len(buffer) >= self.flush_size:

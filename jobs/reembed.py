@@ -19,7 +19,6 @@ Importing this module starts nothing (no Ray, no store, no database).
 from __future__ import annotations
 
 import _thread
-import argparse
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from deployments.vector_store import StoreConfig, VectorStore, collection_name, open_store, parse_collection_name
 from jobs import migration, sources
 from jobs.resources import TASK_CPUS, InsufficientResourcesError, ResourcePlan, plan_resources
+from serve_app.reembed_args import ReembedArgs
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -70,58 +70,6 @@ class VerificationError(RuntimeError):
     """Target counts do not match source rows minus failed rows; the alias was not switched."""
 
 
-# --------------------------------------------------------------------------------------- arguments
-
-
-def build_arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """The job's options; ``heimdex reembed`` reuses them (``add_help=False`` as a parent parser)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.reembed", description="Re-embed stored or file rows into a model version.",
-        add_help=add_help,
-    )
-    parser.add_argument("--source", help="collection:<model>[@<version>] | jsonl:<path> | parquet:<path>")
-    parser.add_argument("--model", required=True, help="registry model to embed with")
-    parser.add_argument("--to-version", default=None, help="target version (default: the registry version)")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per embedding batch")
-    parser.add_argument("--concurrency", type=int, default=None, help="embedding actors (default: from cluster)")
-    parser.add_argument("--num-cpus", type=float, default=None, help="CPUs per embedding actor")
-    parser.add_argument("--num-gpus", type=float, default=None, help="GPUs per embedding actor (fractional ok)")
-    parser.add_argument("--flush-size", type=int, default=256, help="points per upsert (64-256 recommended)")
-    parser.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
-    parser.add_argument("--rollback", action="store_true",
-                        help="at once: each --org tenant (default: every switched one) back to its previous "
-                             "collection (or --to-version's); nothing is embedded")
-    parser.add_argument("--finalize", action="store_true",
-                        help="after a verified re-embed of --org: stop keeping the previous collection in step "
-                             "and delete the tenant's points from what it left (previous version, mock)")
-    parser.add_argument("--placement-timeout-s", type=float, default=120.0,
-                        help="fail, naming the missing resource, if no row is embedded this long after the start")
-    parser.add_argument("--job-id", default=None, help="jobs row (type reembed) to keep up to date")
-    parser.add_argument("--org", action="append", default=None, help="only this tenant (repeatable)")
-    parser.add_argument("--no-switch", action="store_true",
-                        help="write and verify, but leave each tenant on its live collection (a rehearsal)")
-    return parser
-
-
-def to_argv(args: argparse.Namespace) -> list[str]:
-    """The job's own command-line arguments from a parsed namespace (for submission)."""
-    out: list[str] = []
-    for action in build_arg_parser()._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(args, action.dest, None)
-        flag = action.option_strings[0]
-        if isinstance(action, argparse._StoreTrueAction):
-            if value:
-                out.append(flag)
-        elif isinstance(action, argparse._AppendAction):
-            for item in value or []:
-                out += [flag, str(item)]
-        elif value is not None and value != action.default:
-            out += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    return out
-
-
 # ---------------------------------------------------------------------------------------- tracking
 
 
@@ -137,7 +85,7 @@ class JobTracker:
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, settings: Settings, args: argparse.Namespace) -> JobTracker:
+    def create(cls, settings: Settings, args: ReembedArgs) -> JobTracker:
         """A new ``reembed`` job row for a run nobody created one for: under the one ``--org`` tenant
         (``OPERATOR_ORG`` when the run spans tenants), keyed by the Ray submission id so a retried
         driver finds its row again."""
@@ -195,7 +143,7 @@ class JobTracker:
 # ---------------------------------------------------------------------------------------- planning
 
 
-def cluster_plan(args: argparse.Namespace) -> ResourcePlan:
+def cluster_plan(args: ReembedArgs) -> ResourcePlan:
     """The embedding actors' plan for the connected cluster as it is now (see :mod:`jobs.resources`)."""
     import ray
 
@@ -336,7 +284,7 @@ class Pipeline:
         return sink.summary or {"per_tenant": {}, "totals": {}, "failed_examples": []}
 
 
-def resolve_tenants(args: argparse.Namespace, store: VectorStore, sessions: Any, model: str,
+def resolve_tenants(args: ReembedArgs, store: VectorStore, sessions: Any, model: str,
                     source: sources.SourceSpec) -> tuple[dict[str, str], dict[str, str] | None]:
     """(each tenant's live collection of ``model``, each tenant's source collection or None for files)."""
     if source.kind == "collection":
@@ -361,7 +309,7 @@ def resolve_tenants(args: argparse.Namespace, store: VectorStore, sessions: Any,
     return lives, source_collections
 
 
-def choose_target(args: argparse.Namespace, store: VectorStore, model: str, source: sources.SourceSpec,
+def choose_target(args: ReembedArgs, store: VectorStore, model: str, source: sources.SourceSpec,
                   lives: dict[str, str]) -> str:
     if args.to_version:
         return collection_name(model, args.to_version)
@@ -376,7 +324,7 @@ def choose_target(args: argparse.Namespace, store: VectorStore, model: str, sour
     return distinct[0] if distinct else default_collection(model)
 
 
-def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None = None) -> dict[str, Any]:
+def run(args: ReembedArgs, settings: Settings, tracker: JobTracker | None = None) -> dict[str, Any]:
     """Run one re-embedding (or dry run) on the connected Ray cluster; returns the result."""
 
     from deployments.registry import get_model
@@ -387,8 +335,6 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
     spec = get_model(args.model)
     if not args.source:
         raise ValueError("--source is required (unless --rollback or --finalize)")
-    if not 1 <= args.batch_size <= 4096:
-        raise ValueError("--batch-size must be within 1..4096")
     store_config = settings.store_config()
     store = open_store(store_config)
     db = Database(settings.resolved_database_url)
@@ -438,7 +384,7 @@ def run(args: argparse.Namespace, settings: Settings, tracker: JobTracker | None
         db.dispose()
 
 
-def _write_pass(pipeline: Pipeline, collections: dict[str, str] | None, args: argparse.Namespace,
+def _write_pass(pipeline: Pipeline, collections: dict[str, str] | None, args: ReembedArgs,
                 total: int | None, tracker: JobTracker | None,
                 plan: ResourcePlan | None) -> tuple[dict[str, Any], dict[str, float | None]]:
     """One run of the pipeline over ``collections``' tenants (or the file source), with progress."""
@@ -479,7 +425,7 @@ def _write_pass(pipeline: Pipeline, collections: dict[str, str] | None, args: ar
 
 
 def _verify(pipeline: Pipeline, moves: list[migration.TenantMove], collections: dict[str, str] | None,
-            summary: dict[str, Any], args: argparse.Namespace, total: int | None, tracker: JobTracker | None,
+            summary: dict[str, Any], args: ReembedArgs, total: int | None, tracker: JobTracker | None,
             plan: ResourcePlan | None) -> dict[str, Any]:
     """Every embeddable source row of every tenant is in the target (one catch-up pass for rows written
     to the source while it was read), and a migrating target holds nothing the source lost meanwhile."""
@@ -510,7 +456,7 @@ def _verify(pipeline: Pipeline, moves: list[migration.TenantMove], collections: 
 
 def _result(source: sources.SourceSpec, model: str, target: str, moves: list[migration.TenantMove],
             summary: dict[str, Any], source_counts: dict[str, int] | None, elapsed: float,
-            steady: dict[str, float | None], args: argparse.Namespace, plan: ResourcePlan | None) -> dict[str, Any]:
+            steady: dict[str, float | None], args: ReembedArgs, plan: ResourcePlan | None) -> dict[str, Any]:
     totals: dict[str, int] = summary["totals"]
     per_tenant: dict[str, dict[str, int]] = summary["per_tenant"]
     for tenant, n in (source_counts or {}).items():
@@ -552,7 +498,7 @@ def connect_ray() -> None:
         ray.init(address=os.environ.get("HEIMDEX_RAY_ADDRESS") or None)
 
 
-def route_command(args: argparse.Namespace, settings: Settings,
+def route_command(args: ReembedArgs, settings: Settings,
                   connect: Callable[[], None] | None = None) -> dict[str, Any]:
     """``--rollback`` (database only, instant) or ``--finalize`` (also deletes the points left behind,
     through the store actor of the cluster ``connect`` joins; refused before that when unverified)."""
@@ -579,7 +525,7 @@ def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_arg_parser().parse_args(argv)
+    args = ReembedArgs.parse(argv)
     from serve_app.settings import get_settings
 
     settings = get_settings()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from deployments.vector_store import StoreConfig, VectorStore, open_store
+from jobs.texts import validate_text
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -66,20 +67,6 @@ def parse_source(source: str) -> SourceSpec:
     raise SourceError(f"unknown source kind {kind!r}; use collection, jsonl or parquet")
 
 
-def _text_and_issue(value: Any) -> tuple[str | None, str]:
-    """A payload text as (str or None, issue); bytes are decoded when they are valid UTF-8."""
-    if isinstance(value, str):
-        return value, ""
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("utf-8"), ""
-        except UnicodeDecodeError:
-            return None, "undecodable text (invalid UTF-8)"
-    if value is None:
-        return None, "missing text"
-    return None, f"non-string text ({type(value).__name__})"
-
-
 def scroll_tenant_pages(
     batch: dict[str, Any], store_config: StoreConfig, collections: dict[str, str], page_size: int = SCROLL_PAGE
 ) -> Iterator[pd.DataFrame]:
@@ -95,7 +82,7 @@ def scroll_tenant_pages(
                 rows: dict[str, list[Any]] = {c: [] for c in (*ROW_COLUMNS, "text_issue", "created_at")}
                 for point in points:
                     payload = point.payload or {}
-                    text, issue = _text_and_issue(payload.get("text"))
+                    text, issue = validate_text(payload.get("text"))
                     rows["org_id"].append(tenant)
                     rows["asset_id"].append(str(payload.get("asset_id", "")))
                     rows["segment_id"].append(str(payload.get("segment_id", "")))

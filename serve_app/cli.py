@@ -174,7 +174,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_reembed(args: argparse.Namespace) -> int:
     from cluster import jobs_client
-    from jobs.reembed import to_argv
+    from serve_app.reembed_args import ReembedArgs
 
     if args.rollback or args.finalize:
         return _route_command(args)
@@ -182,7 +182,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         print("heimdex reembed: --source is required (unless --rollback or --finalize)", file=sys.stderr)
         return 2
     dashboard = args.address or jobs_client.default_dashboard_url()
-    job_args = to_argv(args)
+    job_args = ReembedArgs.from_namespace(args).to_argv()
     submission_id = jobs_client.submit_reembed(dashboard, job_args, None, args.submission_id)
     print(submission_id)
     if args.follow:
@@ -199,9 +199,10 @@ def _route_command(args: argparse.Namespace) -> int:
 
     from jobs.reembed import route_command
     from serve_app.db import RouteConflictError
+    from serve_app.reembed_args import ReembedArgs
 
     try:
-        result = route_command(args, get_settings(), connect=_connect_local_ray)
+        result = route_command(ReembedArgs.from_namespace(args), get_settings(), connect=_connect_local_ray)
     except (RouteConflictError, ValueError) as exc:
         print(f"heimdex reembed: {exc}", file=sys.stderr)
         return 2
@@ -241,8 +242,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.follow:
         status = jobs_client.follow(dashboard, args.submission_id)
         print(f"\n{args.submission_id}: {status}")
-    print(json.dumps(jobs_client.job_status(dashboard, args.submission_id), indent=2, default=str))
+    ray_status = jobs_client.job_status(dashboard, args.submission_id)
+    ray_status["job"] = tracked_reembed(args.submission_id, (ray_status["metadata"] or {}).get("heimdex_job_id"))
+    print(json.dumps(ray_status, indent=2, default=str))
     return 0
+
+
+def tracked_reembed(submission_id: str, job_id: str | None) -> dict[str, Any] | None:
+    """The re-embed's Heimdex job row (status, stage, progress, result, error), where its result lives."""
+    from serve_app.db import JobRepository
+    from serve_app.db.database import Database
+
+    db = Database(get_settings().resolved_database_url)
+    try:
+        with db.readonly_sessions() as session:
+            job = JobRepository(session).reembed_for_submission(submission_id, job_id)
+            if job is None:
+                return None
+            return {"id": job.id, "org_id": job.org_id, "status": job.status, "stage": job.stage,
+                    "progress": job.progress, "result": job.result, "error": job.error}
+    finally:
+        db.dispose()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -338,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
 
-    from jobs.reembed import build_arg_parser as reembed_arguments
+    from serve_app.reembed_args import build_arg_parser as reembed_arguments
 
     reembed = sub.add_parser("reembed", parents=[reembed_arguments(add_help=False)],
                              help="submit a bulk re-embedding Ray Job (prints its submission id)")

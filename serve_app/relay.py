@@ -35,11 +35,13 @@ from deployments.vector_store import (
     open_store,
     parse_collection_name,
 )
+from deployments.vector_store.payloads import segment_payload
 from serve_app.db.database import Database
 from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.logging_setup import configure_logging, fields
+from serve_app.reembed_args import ReembedArgs
 from serve_app.routing import RouteResolver, ensure_model_collections
 from serve_app.settings import Settings, get_settings
 from serve_app.switches import real_embeddings_reader
@@ -51,7 +53,6 @@ EMBED_TASKS = frozenset({EMBED_TASK, EMBED_MOCK_TASK})
 # What the relay still claims while the real-embeddings switch is off: mock-model embed jobs only. Real-model
 # embed jobs and re-embeds (a real model's work) stay queued, untouched, until the switch is on again.
 SWITCHED_OFF_TASKS = frozenset({EMBED_MOCK_TASK})
-TEXT_PREVIEW_CHARS = 200
 CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
 # Longest pause between two polls of an outbox that has stayed empty.
 RELAY_IDLE_POLL_MAX_S = 0.25
@@ -59,12 +60,8 @@ RELAY_IDLE_POLL_MAX_S = 0.25
 
 def point_payload(msg: ClaimedMessage, model_version: str) -> dict[str, Any]:
     p = msg.payload
-    text = str(p.get("text") or "")
-    return {
-        "org_id": p["org_id"], "asset_id": p["asset_id"], "segment_id": p["segment_id"], "model": p["model"],
-        "model_version": model_version, "text": text, "text_preview": text[:TEXT_PREVIEW_CHARS],
-        "created_at": datetime.now(UTC).isoformat(), "job_id": msg.job_id,
-    }
+    return segment_payload(p["org_id"], p["asset_id"], p["segment_id"], p["model"], model_version,
+                           str(p.get("text") or ""), datetime.now(UTC).isoformat(), job_id=msg.job_id)
 
 
 class RelayCore:
@@ -189,7 +186,8 @@ class RelayCore:
         from cluster import jobs_client
 
         submission_id = f"heimdex-reembed-{msg.job_id}"
-        args = [str(a) for a in msg.payload["args"]]
+        raw = msg.payload["args"]  # a ReembedArgs dump (rows written before it: the argv itself)
+        args = [str(a) for a in raw] if isinstance(raw, list) else ReembedArgs.model_validate(raw).to_argv()
         try:
             await asyncio.to_thread(self.queue.mark_running, msg, "submitting", 1)
             try:

@@ -250,6 +250,13 @@ class JobRepository:
             return CreatedJob(winner, False)
         return CreatedJob(job, True)
 
+    def reembed_for_submission(self, submission_id: str, job_id: str | None = None) -> Job | None:
+        """The re-embed job row behind a Ray submission: the row named in its metadata (runs the relay
+        submitted), else the row the run created for itself (``reembed:<submission id>``)."""
+        if job_id:
+            return self._session.get(Job, job_id)
+        return self._job_by_key(f"reembed:{submission_id}")
+
     def _job_by_key(self, job_key: str) -> Job | None:
         return self._session.scalars(select(Job).where(Job.job_key == job_key)).one_or_none()
 

@@ -21,6 +21,7 @@ from serve_app.db import (
 )
 from serve_app.deps import AdminDep, PrincipalDep, ServicesDep
 from serve_app.errors import ApiError, json_response
+from serve_app.reembed_args import ReembedArgs
 from serve_app.routes.jobs_view import job_view
 from serve_app.routes.openai_compat import ERROR_RESPONSES
 from serve_app.routes.vectors_write import IdempotencyKeyHeader, check_idempotency_key
@@ -72,13 +73,8 @@ async def reembed(body: ReembedRequest, services: ServicesDep, principal: AdminD
         spec = get_model(body.model)
     except UnknownModelError as exc:
         raise ApiError(404, "model_not_found", str(exc), field="model") from None
-    args = ["--source", body.source, "--model", spec.name, "--org", principal.org_id]
-    if not body.switch:
-        args.append("--no-switch")
-    if body.to_version:
-        args += ["--to-version", body.to_version]
-    if body.dry_run:
-        args.append("--dry-run")
+    args = ReembedArgs(source=body.source, model=spec.name, org=[principal.org_id], to_version=body.to_version,
+                       dry_run=body.dry_run, no_switch=not body.switch).model_dump()
     job_key = request_hash({"org": principal.org_id, "args": args, "key": idempotency_key or str(uuid.uuid4())})
 
     def work(repo: JobRepository) -> JobView:

@@ -22,7 +22,7 @@ from deployments.mock_vectors import mock_vector
 from deployments.point_ids import point_id_for
 from deployments.vector_store import PointRecord, collection_name
 from tests.conftest import ServeApp
-from tests.serve.helpers import api_vectors
+from tests.serve.helpers import api_vectors, reembed_row
 
 pytestmark = pytest.mark.serve
 
@@ -93,9 +93,9 @@ def run_job(dashboard: str, args: list[str], job_id: str | None = None,
     if status["status"] != "SUCCEEDED":
         logs = jobs_client.make_client(dashboard).get_job_logs(submission)
         pytest.fail(f"job {submission} ended {status['status']}: {status['message']}\n{logs[-4000:]}")
-    result = status["result"]
-    assert result is not None and result["status"] == "succeeded", result
-    return dict(result)
+    row = reembed_row(submission, job_id, (extra_env or {}).get("HEIMDEX_DATABASE_URL"))
+    assert row is not None and row.status == "succeeded", row
+    return dict(row.result)
 
 
 def test_mock_to_minilm_migration_matches_online_vectors(

@@ -47,3 +47,16 @@ def api_vectors(url: str, texts: list[str], model: str = "minilm-l6-v2", chunk: 
         assert response.status_code == 200, response.text
         out.extend(item["embedding"] for item in response.json()["data"])
     return np.asarray(out, dtype=np.float32)
+
+
+def reembed_row(submission_id: str, job_id: str | None = None, database_url: str | None = None) -> Any:
+    """The re-embed's job row (where its result lives) in the session's database, or ``database_url``."""
+    from serve_app.db import JobRepository, make_engine, make_sessionmaker
+    from serve_app.settings import Settings
+
+    engine = make_engine(database_url or Settings().resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return JobRepository(session).reembed_for_submission(submission_id, job_id)
+    finally:
+        engine.dispose()

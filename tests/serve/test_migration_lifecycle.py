@@ -23,7 +23,7 @@ from bench.texts import short_texts
 from cluster import jobs_client
 from deployments.vector_store import collection_name
 from tests.conftest import ServeApp
-from tests.serve.helpers import auth, wait_job
+from tests.serve.helpers import auth, reembed_row, wait_job
 
 pytestmark = pytest.mark.serve
 
@@ -78,7 +78,9 @@ def finished(serve_app: ServeApp, submission: str) -> dict[str, Any]:
     if status["status"] != "SUCCEEDED":
         logs = jobs_client.make_client(serve_app.cluster.dashboard_url).get_job_logs(submission)
         pytest.fail(f"re-embed {submission} ended {status['status']}: {status['message']}\n{logs[-4000:]}")
-    return dict(status["result"])
+    row = reembed_row(submission)
+    assert row is not None and row.status == "succeeded", row
+    return dict(row.result)
 
 
 def heimdex(*args: str) -> subprocess.CompletedProcess[str]:
@@ -144,6 +146,7 @@ def test_mock_points_are_dropped_only_after_a_verified_fill(serve_app: ServeApp)
     from deployments.vector_store import open_store
     from jobs.reembed import route_command
     from serve_app.db import RouteConflictError
+    from serve_app.reembed_args import ReembedArgs
     from serve_app.settings import Settings
 
     url, org = serve_app.url, f"mock-{uuid.uuid4().hex[:6]}"
@@ -164,10 +167,8 @@ def test_mock_points_are_dropped_only_after_a_verified_fill(serve_app: ServeApp)
     assert route(url, org)["verified_at"] is not None and route(url, org)["source"] == mock
     assert found(url, org, [("m", str(i), t) for i, t in enumerate(texts)]) == len(texts)
 
-    args = type("Args", (), {"rollback": False, "finalize": True, "model": MODEL, "org": [org], "to_version": None})
-    done = route_command(args(), Settings())  # type: ignore[arg-type]
+    done = route_command(ReembedArgs(model=MODEL, org=[org], finalize=True), Settings())
     assert done["tenants"][org]["points_removed"] == {mock: len(texts)}
     assert store.count(mock, org) == 0 and store.count(V1, org) == len(texts)
     with pytest.raises(RouteConflictError):
-        route_command(type("Args", (), {"rollback": True, "finalize": False, "model": MODEL, "org": [org],
-                                        "to_version": None})(), Settings())  # type: ignore[arg-type]
+        route_command(ReembedArgs(model=MODEL, org=[org], rollback=True), Settings())
