@@ -86,6 +86,19 @@ def submit(dashboard: str, args: list[str], job_id: str | None = None,
     return jobs_client.submit_reembed(dashboard, args, job_id, extra_env=env)
 
 
+def settled(read: Any, timeout_s: float = 30.0) -> int:
+    """The value once two reads 0.5 s apart agree (writers of a stopped job are gone), within a deadline."""
+    deadline = time.monotonic() + timeout_s
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = read()
+        if now == last:
+            return int(now)
+        last = now
+    raise AssertionError(f"count still moving after {timeout_s:.0f}s")
+
+
 def run_job(dashboard: str, args: list[str], job_id: str | None = None,
             extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     submission = submit(dashboard, args, job_id, extra_env)
@@ -191,8 +204,7 @@ def test_killed_run_resumes_without_duplicates(serve_app: ServeApp, seeded: dict
     ray_client.stop_job(first)
     stopped = jobs_client.wait(dashboard, first, timeout_s=120)
     assert stopped["status"] == "STOPPED", stopped
-    time.sleep(1.0)
-    partial = written()
+    partial = settled(written)
     assert 0 < partial < 2 * PER_ORG, f"stop came too late to test resuming ({partial} written)"
 
     result = run_job(dashboard, [*common_args(version), "--no-switch"])
