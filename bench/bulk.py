@@ -13,7 +13,8 @@ Both sides embed the same N short texts (``bench.texts.short_texts``) with minil
 * raw: the same weights in this process, ``encode(texts, batch_size=b, normalize_embeddings=True)``
   for b in 32/64/128 (model loaded and warmed up beforehand, not timed); the best is reported.
 
-Starts its own local Ray (``ray.init(address="local")``) unless one is already initialised.
+Starts its own local Ray (``ray.init(address="local")``) unless one is already initialised (the
+bench stack's, in ``bench.run``: there the job plans its own actors, as on a user's cluster).
 Prints figures, never asserts on them.
 """
 
@@ -72,10 +73,15 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
     from serve_app.reembed_args import ReembedArgs
     from serve_app.settings import Settings
 
-    if not ray.is_initialized():
+    cores = os.cpu_count() or 1
+    own_cluster = not ray.is_initialized()
+    if own_cluster:
+        # Run alone (`python -m bench.bulk`), not a user's shape on purpose: the pipeline without the
+        # app, its one embedding actor on every core against raw encode on every core, and one logical
+        # CPU more than the machine has so the read/write tasks (0.25 CPU each) run beside that actor.
         # A private temp dir, so this cluster does not become the host's "current" one that other
         # processes' ray.init("auto") / job drivers would connect to.
-        ray.init(address="local", num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False,
+        ray.init(address="local", num_cpus=cores + 1, include_dashboard=False,
                  log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="hx-bulk-"))
     workdir = Path(tempfile.mkdtemp(prefix="heimdex-bench-bulk-"))
     settings = Settings(data_dir=workdir / "data", store_actor_name=f"bench-bulk-{uuid.uuid4().hex[:8]}",
@@ -85,7 +91,11 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
         write_jsonl(source, texts)
         argv = ["--source", f"jsonl:{source}", "--model", MODEL, "--to-version", "bench",
                 "--batch-size", str(batch_size), "--concurrency", str(concurrency), "--no-switch"]
-        argv += ["--num-cpus", f"{num_cpus if num_cpus is not None else float(os.cpu_count() or 1):g}"]
+        # On the bench stack (bench.run's bulk step: the user's shape, the app holding part of the
+        # CPUs) the job sizes its actors from the cluster's free CPUs, as a re-embed on a user's
+        # cluster does; an actor asking every core could never start there.
+        if num_cpus is not None or own_cluster:
+            argv += ["--num-cpus", f"{num_cpus if num_cpus is not None else float(cores):g}"]
         args = ReembedArgs.parse(argv)
         upgrade_database(settings.resolved_database_url)  # the job keeps tenant routes there
         started = time.perf_counter()
@@ -134,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=12000, help="texts to embed")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--num-cpus", type=float, default=None, help="CPUs per embedding actor (default: all)")
+    parser.add_argument("--num-cpus", type=float, default=None,
+                        help="CPUs per embedding actor (default: all cores on its own cluster)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,11 +1,13 @@
 """Start (or attach to) what the bench measures: one local Ray cluster with Heimdex deployed on it.
 
-:func:`local_stack` does what ``tests/conftest.py`` does for a test session, in the same order:
+:func:`local_stack` sets up what ``tests/conftest.py`` sets up for a test session, in the same order:
 
 1. set the environment *before* Ray is imported (token auth with a freshly generated token file,
    no usage stats, offline model hub, development env, a temporary data dir, a unique store actor
    name, and a tenant rate limit far above anything the bench sends);
-2. ``ray.init(address="local", include_dashboard=True)`` on a free loopback dashboard port;
+2. ``ray.init(address="local", include_dashboard=True)`` on a free loopback dashboard port, with the
+   machine's real CPU count, as ``ray start --head`` in ``heimdex up`` has (the Ray processes stay
+   this driver's children, so bench.memory can sum their RSS);
 3. deploy ``serve_config.yaml`` (optionally with the Embedder's ``num_replicas``, ``user_config`` or
    the app's ``args.threads`` overridden) through the dashboard REST API, as ``serve deploy`` does;
 4. wait for ``/readyz``; yield a :class:`Stack`; shut Serve and Ray down and delete the temp dir at exit.
@@ -94,15 +96,6 @@ def with_overrides(
     return out
 
 
-def _code_update(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether going from ``old`` to ``new`` restarts every replica: an app-level change (args,
-    import path, runtime env) rather than the deployments' replicas or ``user_config``."""
-    def app_level(config: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in app.items() if k != "deployments"} for app in config.get("applications", [])]
-
-    return app_level(old) != app_level(new)
-
-
 def embedder_settings(config: dict[str, Any]) -> dict[str, Any]:
     """num_replicas, threads and user_config the config gives the default Embedder."""
     app = next(a for a in config["applications"] if a.get("name") == APP_NAME)
@@ -134,10 +127,10 @@ class Stack:
             raise RuntimeError("redeploying needs a local stack (no --url)")
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-        from cluster.local import redeploy_replaces_app
+        from cluster.local import code_update, redeploy_replaces_app
 
         client = ServeSubmissionClient(self.dashboard_url)
-        if self.config is not None and redeploy_replaces_app(self.ingress) and _code_update(self.config, config):
+        if self.config is not None and redeploy_replaces_app(self.ingress) and code_update(self.config, config):
             client.delete_applications()  # see redeploy_replaces_app: the Gateway must keep the public port
             self._wait_no_app(client, timeout_s)
             port = urlsplit(self.url).port
@@ -246,7 +239,9 @@ def local_stack(
     ingress: str = "direct",
 ) -> Iterator[Stack]:
     """A fresh local Ray cluster with Heimdex deployed from ``config_path``; torn down at exit.
-    ``ingress`` is what ``heimdex up`` uses by default (see :func:`cluster.local.ingress_env`)."""
+    ``ingress`` is what ``heimdex up`` uses by default (see :func:`cluster.local.ingress_env`).
+    ``num_cpus``: None = the machine's CPUs, the shape of a user's cluster; a step that needs room
+    beyond it (bench.tuning's replica layouts) passes its own and says why."""
     from cluster.local import DIRECT_INGRESS_PORTS, PROXY_PORT_OFFSET, ingress_env, render_serve_config
 
     state = Path(tempfile.mkdtemp(prefix="heimdex-bench-"))
@@ -260,15 +255,13 @@ def local_stack(
 
     os.environ.update(ingress_env(ingress, port))
 
-    cores = os.cpu_count() or 1
     dashboard_port = 0
     attempts = 3
     for attempt in range(attempts):  # a loaded machine can time Ray's node startup (30 s, fixed) out
         dashboard_port = free_port()
         try:
-            # Logical CPUs (accounting only): room for the experiments' extra 1-CPU Embedder replicas
-            # and the bulk step's Ray Data actor (which asks for every core) next to gateway and relay.
-            ray.init(address="local", num_cpus=num_cpus or max(6, cores + 4), namespace=APP_NAME,
+            # num_cpus=None: Ray counts the machine's CPUs, as `ray start --head` does for `heimdex up`.
+            ray.init(address="local", num_cpus=num_cpus, namespace=APP_NAME,
                      include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
                      log_to_driver=False)
             break

@@ -79,7 +79,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "load": {"clients": args.clients, "max_requests": args.requests,
                                        "max_seconds": args.seconds}, "variants": []}
     started = time.perf_counter()
-    with LoadRunner() as runner, local_stack() as stack:
+    # The user's shape (the machine's CPUs) unless a layout variant runs N replicas of 1 CPU each: they
+    # need N CPUs next to the Gateway (0.25) and relay (0.1), one more than a user's N-core node has.
+    # Logical CPUs only: the variants still share the same physical cores.
+    layouts = [v.num_replicas for v in plan if v.num_replicas]
+    num_cpus = max(layouts) + 1 if layouts and max(layouts) > 1 else None
+    with LoadRunner() as runner, local_stack(num_cpus=num_cpus) as stack:
         assert stack.config is not None
         shipped = stack.config
         for variant in plan:

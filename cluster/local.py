@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 DASHBOARD_HOST = "127.0.0.1"
+# Defaults of a LocalCluster (what `heimdex up` uses); a test session gives its cluster free ports.
 DASHBOARD_PORT = 8265
 # Not Ray's default 6379: Redis often owns that port on the same machine.
 GCS_PORT = int(os.environ.get("HEIMDEX_RAY_GCS_PORT", "6385"))
@@ -71,9 +72,17 @@ def prepare_inprocess_env(state_dir: Path, store_prefix: str, extra: dict[str, s
 
 @dataclass(frozen=True)
 class LocalCluster:
-    """Where a local Heimdex cluster keeps its state."""
+    """Where a local Heimdex cluster keeps its state, and the fixed ports its head listens on.
+
+    The defaults are `heimdex up`'s. Two clusters on one machine (a test session beside a
+    `make run`) need their own state dirs and ports: every other port of the head is Ray's choice.
+    """
 
     state_dir: Path
+    dashboard_port: int = DASHBOARD_PORT
+    gcs_port: int = GCS_PORT
+    # None: Ray's default (10001), which a second head on the machine must not take too.
+    client_server_port: int | None = None
 
     @property
     def token_path(self) -> Path:
@@ -86,11 +95,11 @@ class LocalCluster:
 
     @property
     def address(self) -> str:
-        return f"{DASHBOARD_HOST}:{GCS_PORT}"
+        return f"{DASHBOARD_HOST}:{self.gcs_port}"
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{DASHBOARD_HOST}:{DASHBOARD_PORT}"
+        return f"http://{DASHBOARD_HOST}:{self.dashboard_port}"
 
     def ensure_token(self) -> str:
         """The Ray auth token, generated once (mode 0600)."""
@@ -102,10 +111,21 @@ class LocalCluster:
         return self.token_path.read_text().strip()
 
     def ray_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """Environment for Ray processes and clients of this cluster."""
+        """Environment for Ray processes and clients of this cluster.
+
+        This interpreter's bin directory (the venv's, not resolved through its symlink) comes first
+        on ``PATH``, so a Ray Job entrypoint ``python -m jobs.reembed ...`` submitted with a plain
+        ``ray job submit`` runs the venv's Python, which has Ray and Heimdex installed.
+        ``HEIMDEX_RAY_ADDRESS`` and ``HEIMDEX_DASHBOARD_URL`` name this cluster, so a job driver
+        joins it and the relay submits to it even when the machine runs several Ray clusters.
+        """
         env = dict(os.environ)
-        env.update({**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve())})
+        env.update({**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path.resolve()),
+                    "HEIMDEX_RAY_ADDRESS": self.address, "HEIMDEX_DASHBOARD_URL": self.dashboard_url})
         env.pop("RAY_AUTH_TOKEN", None)
+        venv_bin = str(Path(sys.executable).parent)
+        path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
+        env["PATH"] = os.pathsep.join([venv_bin, *path])
         env.update(extra or {})
         return env
 
@@ -160,19 +180,22 @@ def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.
 
 
 def is_running(cluster: LocalCluster) -> bool:
-    result = _run([_bin("ray"), "status", "--address", f"{DASHBOARD_HOST}:{GCS_PORT}"], cluster.ray_env(), check=False)
+    result = _run([_bin("ray"), "status", "--address", cluster.address], cluster.ray_env(), check=False)
     return result.returncode == 0
 
 
 def start_head(cluster: LocalCluster, env: dict[str, str], num_cpus: int | None = None) -> None:
-    """``ray start --head`` with the dashboard on 127.0.0.1:8265 and token auth."""
-    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(GCS_PORT),
-           "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(DASHBOARD_PORT),
+    """``ray start --head`` with the dashboard on 127.0.0.1 (port 8265 by default) and token auth.
+    Without ``num_cpus`` Ray counts the machine's CPUs, as a user's cluster does."""
+    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(cluster.gcs_port),
+           "--dashboard-host", DASHBOARD_HOST, "--dashboard-port", str(cluster.dashboard_port),
            "--disable-usage-stats", "--include-dashboard", "true",
            "--temp-dir", str(cluster.ray_temp_dir.resolve()),
            # Not the default 52365 that every `ray.init()` takes: a test session or benchmark started
            # beside the running service would otherwise hand its Ray Jobs to this cluster's agent.
            "--dashboard-agent-listen-port", str(free_port())]
+    if cluster.client_server_port is not None:
+        cmd += ["--ray-client-server-port", str(cluster.client_server_port)]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     result = _run(cmd, env, check=False)
@@ -258,6 +281,15 @@ def redeploy_replaces_app(ingress: str) -> bool:
     return ingress == "direct"
 
 
+def code_update(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether going from Serve config ``old`` to ``new`` restarts every replica: an app-level change
+    (args, import path, runtime env) rather than a deployment's replicas, options or ``user_config``."""
+    def app_level(config: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in app.items() if k != "deployments"} for app in config.get("applications", [])]
+
+    return app_level(old) != app_level(new)
+
+
 def deploy(cluster: LocalCluster, config: dict[str, Any], env: dict[str, str]) -> None:
     """``serve deploy`` of a rendered config through the token-protected dashboard."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
@@ -289,15 +321,24 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> dict[str, Any]:
     raise TimeoutError(f"service not ready after {timeout_s:.0f}s; last answer: {last}")
 
 
+def _client_server_of(args: list[str], gcs_port: int) -> bool:
+    """Whether a command line is the Ray Client server of the head whose GCS listens on ``gcs_port``:
+    ``ray start`` leaves it running on its own (no temp dir in its command line, not a raylet child)."""
+    return "ray.util.client.server" in args and any(
+        a.startswith("--address=") and a.rsplit(":", 1)[-1] == str(gcs_port) for a in args)
+
+
 def cluster_processes(cluster: LocalCluster) -> list[Any]:
-    """Processes of this cluster only: those whose command line names its temp dir."""
+    """Processes of this cluster only: those whose command line names its temp dir, their
+    children, and the head's Ray Client server (named by the cluster's GCS port)."""
     import psutil
 
     marker = str(cluster.ray_temp_dir.resolve())
     found: dict[int, Any] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if marker in cmdline and proc.pid != os.getpid():
+        args = proc.info.get("cmdline") or []
+        cmdline = " ".join(args)
+        if (marker in cmdline or _client_server_of(args, cluster.gcs_port)) and proc.pid != os.getpid():
             found[proc.pid] = proc
             # Ray's agents rename themselves (ray::DashboardAgent, ...): their command line no longer
             # names the temp dir, but they are the raylet's children.

@@ -1,15 +1,26 @@
-"""Session-wide fixtures: ONE real Ray cluster (with dashboard and token auth) and ONE Heimdex
-Serve app deployed from serve_config.yaml through the dashboard's REST API, as `serve deploy` does.
+"""Session-wide fixtures: ONE Ray cluster started the way `heimdex up` (so `make run`) starts it, and
+ONE Heimdex app deployed on it from serve_config.yaml as shipped.
 
-Environment variables are set before Ray starts so every worker (replica, actor, job) inherits them.
+The cluster is cluster/local.py's: ``ray start --head`` with the machine's real CPU count (no
+``--num-cpus``), token auth, and the Serve flags of the ingress mode `heimdex up` uses (direct by
+default); the app is ``serve deploy`` of serve_config.yaml rendered as `heimdex up` renders it. So the
+tests see what a user's cluster has: on a 2-core machine the app holds 1.35 of 2 CPUs. Only where it
+lives differs from `make run`: a temp state dir and free ports (dashboard, GCS, Ray Client, the public
+port block), so a session never collides with a `make run` or another session on the same machine.
+The pytest process joins it as a driver (``ray.init(address=...)``). A test that needs another shape
+(tests/ops/test_multinode.py adds a node) says why.
+
+The environment is set before Ray is imported (Ray reads its auth mode once per process) and handed
+to ``ray start``, so every Ray process (replica, actor, job driver) inherits it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +30,8 @@ import pytest
 from cluster.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_NAME = "heimdex"
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -26,6 +39,11 @@ class RayCluster:
     dashboard_url: str
     data_dir: Path
     token_path: Path
+    address: str = ""  # GCS address (host:port)
+    serve_port: int = 0  # the public port `heimdex up` would call HEIMDEX_PORT
+    ingress: str = "direct"
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # what `ray start` got (for more nodes)
+    local: Any = None  # the cluster.local.LocalCluster
 
 
 @dataclass
@@ -35,9 +53,25 @@ class ServeApp:
     config: dict[str, Any]
 
     def redeploy(self, config: dict[str, Any]) -> None:
+        """Deploy ``config`` through the dashboard, as ``serve deploy`` does. Under direct ingress
+        an app whose code changed is replaced, and a deleted app is deployed only once the old
+        Gateway let go of the public port, as `heimdex up` does (see
+        :func:`cluster.local.redeploy_replaces_app`)."""
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-        ServeSubmissionClient(self.cluster.dashboard_url).deploy_applications(config)
+        from cluster.local import code_update, redeploy_replaces_app, wait_port_free
+
+        client = ServeSubmissionClient(self.cluster.dashboard_url)
+        if redeploy_replaces_app(self.cluster.ingress):
+            deployed = APP_NAME in (client.get_serve_details().get("applications") or {})
+            if deployed and code_update(self.config, config):
+                from ray import serve
+
+                serve.delete(APP_NAME)
+                deployed = False
+            if not deployed:
+                wait_port_free(self.cluster.serve_port, timeout_s=120)
+        client.deploy_applications(config)
         self.config = config
 
 
@@ -50,7 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     from cluster.local import prepare_inprocess_env
 
-    state = Path(tempfile.mkdtemp(prefix="heimdex-test-"))
+    # Short: Ray's socket paths under <state>/ray/session_*/sockets must stay under 107 bytes.
+    state = Path(tempfile.mkdtemp(prefix="hx-test-", dir="/tmp"))
     prepare_inprocess_env(state, "heimdex-store-test", {
         # Short leases so reclaim-after-crash tests finish quickly; batches take far less.
         "HEIMDEX_RELAY_LEASE_S": "8",
@@ -60,29 +95,59 @@ def pytest_configure(config: pytest.Config) -> None:
     _SESSION_STATE.update(state=state, token_path=state / "ray_auth_token", data_dir=state / "data")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"heimdex test state (Ray logs, data; removed after a passing session): {_SESSION_STATE['state']}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and "state" in _SESSION_STATE:
+        shutil.rmtree(_SESSION_STATE["state"], ignore_errors=True)
+
+
+def _start_head(state: Path) -> tuple[Any, int, dict[str, str]]:
+    """`heimdex up`'s head on free ports; returns (LocalCluster, public port, the env Ray got).
+    Ports are taken by a bind-and-release, so another process can take one before Ray does: retry."""
+    from cluster import local
+    from serve_app.settings import Settings
+
+    ingress = Settings().ingress  # what `heimdex up` would use (its default: direct)
+    last: Exception | None = None
+    for _ in range(START_ATTEMPTS):
+        cluster = local.LocalCluster(state, dashboard_port=free_port(), gcs_port=free_port(),
+                                     client_server_port=free_port())
+        port = local.free_port_block(local.DIRECT_INGRESS_PORTS, local.PROXY_PORT_OFFSET)
+        # The driver (this process) and the `ray`/`serve` CLIs get these too; the ingress flags go to
+        # the Ray processes only: the throughput profile would run this driver's handle routers on
+        # its (absent) event loop, and the tests call handles from plain threads.
+        os.environ.update({"HEIMDEX_RAY_ADDRESS": cluster.address, "HEIMDEX_DASHBOARD_URL": cluster.dashboard_url,
+                           "HEIMDEX_PORT": str(port)})
+        pythonpath = [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+        env = cluster.ray_env({**local.ingress_env(ingress, port), "PYTHONPATH": os.pathsep.join(pythonpath)})
+        try:
+            local.start_head(cluster, env)
+            return cluster, port, env
+        except RuntimeError as exc:
+            last = exc
+            local.stop(cluster)  # whatever a half-started head left (only this state dir's processes)
+    raise RuntimeError(f"ray start failed {START_ATTEMPTS} times") from last
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     import ray
 
-    data_dir = _SESSION_STATE["data_dir"]
-    token_path = _SESSION_STATE["token_path"]
-    dashboard_port = free_port()
-    os.environ["HEIMDEX_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}"  # the relay submits Ray Jobs here
-    # Our own temp dir: job drivers and `ray` CLIs resolve "the current cluster" from it, so another
-    # Ray cluster on the machine (a `make run`, a benchmark) is never mistaken for this one.
-    ray.init(address="local", num_cpus=4, namespace="heimdex", include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=dashboard_port, log_to_driver=False,
-             _temp_dir=str(_SESSION_STATE["state"] / "ray"))
-    os.environ["HEIMDEX_RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    try:
-        yield RayCluster(f"http://127.0.0.1:{dashboard_port}", data_dir, token_path)
-    finally:
-        try:
-            from ray import serve
+    from cluster import local
+    from serve_app.settings import Settings
 
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    cluster, port, env = _start_head(_SESSION_STATE["state"])
+    try:
+        ray.init(address=cluster.address, namespace=APP_NAME, log_to_driver=False)
+        yield RayCluster(cluster.dashboard_url, _SESSION_STATE["data_dir"], _SESSION_STATE["token_path"],
+                         address=cluster.address, serve_port=port, ingress=Settings().ingress, env=env,
+                         local=cluster)
+    finally:
+        ray.shutdown()
+        local.stop(cluster)
 
 
 def wait_ready(url: str, timeout_s: float = 240.0) -> None:
@@ -102,13 +167,13 @@ def wait_ready(url: str, timeout_s: float = 240.0) -> None:
 
 @pytest.fixture(scope="session")
 def serve_app(ray_cluster: RayCluster) -> ServeApp:
-    from cluster.local import render_serve_config
+    from cluster import local
 
-    port = free_port()
-    config = render_serve_config(ROOT / "serve_config.yaml", "127.0.0.1", port)
-    app = ServeApp(f"http://127.0.0.1:{port}", ray_cluster, config)
-    app.redeploy(config)
-    wait_ready(app.url)
+    config = local.render_serve_config(ROOT / "serve_config.yaml", "127.0.0.1", ray_cluster.serve_port,
+                                       ray_cluster.ingress)
+    local.deploy(ray_cluster.local, config, ray_cluster.local.ray_env())  # `serve deploy`, as `heimdex up`
+    app = ServeApp(f"http://127.0.0.1:{ray_cluster.serve_port}", ray_cluster, config)
+    wait_ready(app.url, timeout_s=300)
     return app
 
 

@@ -1,11 +1,14 @@
 """Scale-out on one machine: a second Ray node joins the session cluster and serves Embedder traffic.
 
-The second node is a real raylet started with ``ray start --address <session GCS> --block`` in its
-own process session (so the test can stop exactly that node and nothing else), with the session's
-auth environment. The app is redeployed with two Embedder replicas and
-``max_replicas_per_node: 1``, so Serve must place one replica on each node; requests through the
-HTTP API and through the Embedder handle then show replicas on both nodes embedding texts. At the
-end the node is stopped and the original config is redeployed, so later tests see the usual app.
+Another shape on purpose: spreading replicas over nodes needs a second node, which a user's
+single-node `heimdex up` cluster does not have. The second node is a real raylet started with
+``ray start --address <session GCS> --block`` in its own process session (so the test can stop
+exactly that node and nothing else), with the environment the head was started with (auth,
+HEIMDEX_*, the ingress flags, this checkout on PYTHONPATH) and one CPU: room for the second Embedder
+replica. The app is redeployed with two Embedder replicas and ``max_replicas_per_node: 1``, so Serve
+must place one replica on each node; requests through the HTTP API and through the Embedder handle
+then show replicas on both nodes embedding texts. At the end the node is stopped and the original
+config is redeployed, so later tests see the usual app.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServeApp, free_port, wait_ready
+from tests.conftest import ROOT, RayCluster, ServeApp, free_port, wait_ready
 from tests.serve.helpers import auth
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
@@ -63,12 +66,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def second_node(serve_app: ServeApp, tmp_path: Path) -> Iterator[str]:
-    import ray
-
-    gcs = ray._private.worker.global_worker.node.address
+def second_node(ray_cluster: RayCluster, serve_app: ServeApp, tmp_path: Path) -> Iterator[str]:
+    gcs = ray_cluster.address
     ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH / HEIMDEX_* included
+    # What the head got: replicas on both nodes must run the same Serve flags (direct ingress).
+    env = dict(ray_cluster.env)
     node: dict[str, Any] | None = None
     proc: subprocess.Popen[bytes] | None = None
     # Ray gives a raylet a fixed 30 s to register; on a loaded 2-core machine that can pass, so retry.

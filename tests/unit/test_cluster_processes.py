@@ -36,3 +36,22 @@ def test_children_of_a_cluster_process_are_found_and_other_clusters_are_not(tmp_
                 child_proc.kill()
             proc.kill()
             proc.wait()
+
+
+def test_the_heads_ray_client_server_is_found_by_its_gcs_port(tmp_path: Path) -> None:
+    """`ray start` leaves the Ray Client server on its own: no temp dir in its command line, not a
+    child of the raylet; its --address names the head's GCS port."""
+    ours = LocalCluster(tmp_path / "ours", gcs_port=41234)
+    theirs = LocalCluster(tmp_path / "theirs", gcs_port=41235)
+    sleeper = "import time; time.sleep(60)"
+    server = subprocess.Popen([sys.executable, "-c", sleeper, "ray.util.client.server", "--address=192.0.2.2:41234",
+                               "--port=10001"])
+    try:
+        deadline = time.monotonic() + 10
+        while server.pid not in {p.pid for p in cluster_processes(ours)}:
+            assert time.monotonic() < deadline, "the Ray Client server of our head was not found"
+            time.sleep(0.05)
+        assert server.pid not in {p.pid for p in cluster_processes(theirs)}
+    finally:
+        server.kill()
+        server.wait()
