@@ -31,14 +31,13 @@ ENTRYPOINT_MODULE = "jobs.reembed"
 # Environment the job needs besides the caller's HEIMDEX_* settings.
 PASS_THROUGH_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "HEIMDEX_MINILM_DIR")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+# Where `heimdex up` keeps the token (HEIMDEX_STATE_DIR is read by serve_app.settings, not here).
+LOCAL_STATE_DIR = Path(".heimdex")
 
 
-def _state_dir() -> Path:
-    return Path(os.environ.get("HEIMDEX_STATE_DIR", ".heimdex")).resolve()
-
-
-def find_token(token: str | None = None) -> str | None:
-    """The Ray auth token, from the first place that has one (see the module docstring)."""
+def find_token(token: str | None = None, state_dir: Path = LOCAL_STATE_DIR) -> str | None:
+    """The Ray auth token, from the first place that has one (see the module docstring). ``RAY_AUTH_*``
+    are Ray's own variables, read here as Ray's token loader reads them."""
     if token:
         return token.strip()
     if os.environ.get("RAY_AUTH_TOKEN"):
@@ -46,7 +45,7 @@ def find_token(token: str | None = None) -> str | None:
     candidates = []
     if os.environ.get("RAY_AUTH_TOKEN_PATH"):
         candidates.append(Path(os.environ["RAY_AUTH_TOKEN_PATH"]))
-    candidates += [_state_dir() / "ray_auth_token", Path.home() / ".ray" / "auth_token"]
+    candidates += [state_dir.resolve() / "ray_auth_token", Path.home() / ".ray" / "auth_token"]
     for path in candidates:
         try:
             text = path.expanduser().read_text().strip()
@@ -55,16 +54,6 @@ def find_token(token: str | None = None) -> str | None:
         if text:
             return text
     return None
-
-
-def default_dashboard_url() -> str:
-    """``HEIMDEX_DASHBOARD_URL`` or ``RAY_DASHBOARD_ADDRESS`` if set, else the local cluster's dashboard."""
-    configured = os.environ.get("HEIMDEX_DASHBOARD_URL") or os.environ.get("RAY_DASHBOARD_ADDRESS")
-    if configured:
-        return configured
-    from cluster.local import LocalCluster
-
-    return LocalCluster(_state_dir()).dashboard_url
 
 
 def make_client(dashboard_url: str, token: str | None = None) -> JobSubmissionClient:

@@ -31,7 +31,7 @@ DASHBOARD_HOST = "127.0.0.1"
 # Defaults of a LocalCluster (what `heimdex up` uses); a test session gives its cluster free ports.
 DASHBOARD_PORT = 8265
 # Not Ray's default 6379: Redis often owns that port on the same machine.
-GCS_PORT = int(os.environ.get("HEIMDEX_RAY_GCS_PORT", "6385"))
+GCS_PORT = 6385  # `heimdex up` passes settings.ray_gcs_port (HEIMDEX_RAY_GCS_PORT)
 
 
 # Environment every Heimdex Ray process gets: offline model loading, no usage stats, and room for

@@ -492,10 +492,12 @@ def _result(source: sources.SourceSpec, model: str, target: str, moves: list[mig
 def connect_ray() -> None:
     import ray
 
+    from serve_app.settings import get_settings
+
     if not ray.is_initialized():
         # HEIMDEX_RAY_ADDRESS pins the cluster: a job driver's RAY_ADDRESS is resolved from the host-wide
         # /tmp/ray/ray_current_cluster file, which names the newest cluster when a host runs several.
-        ray.init(address=os.environ.get("HEIMDEX_RAY_ADDRESS") or None)
+        ray.init(address=get_settings().ray_address)
 
 
 def route_command(args: ReembedArgs, settings: Settings,

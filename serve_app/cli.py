@@ -13,13 +13,20 @@ from serve_app.settings import Settings, get_settings
 if TYPE_CHECKING:
     from deployments.vector_store import VectorStore
 
-STATE_DIR = Path(os.environ.get("HEIMDEX_STATE_DIR", ".heimdex"))
+
+
+def local_cluster() -> Any:
+    """The local cluster `heimdex up` runs (cluster.local.LocalCluster), where the settings put it."""
+    from cluster import local
+
+    settings = get_settings()
+    return local.LocalCluster(settings.state_dir.resolve(), gcs_port=settings.ray_gcs_port)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from cluster import local
 
-    cluster = local.LocalCluster(STATE_DIR.resolve())
+    cluster = local_cluster()
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +166,7 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
 def cmd_down(_: argparse.Namespace) -> int:
     from cluster import local
 
-    ended = local.stop(local.LocalCluster(STATE_DIR.resolve()))
+    ended = local.stop(local_cluster())
     print(f"Heimdex stopped ({ended} processes ended)." if ended else "Heimdex was not running.")
     return 0
 
@@ -181,12 +188,13 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     if not args.source:
         print("heimdex reembed: --source is required (unless --rollback or --finalize)", file=sys.stderr)
         return 2
-    dashboard = args.address or jobs_client.default_dashboard_url()
+    dashboard = args.address or get_settings().dashboard_url
     job_args = ReembedArgs.from_namespace(args).to_argv()
-    submission_id = jobs_client.submit_reembed(dashboard, job_args, None, args.submission_id)
+    token = jobs_client.find_token(state_dir=get_settings().state_dir)
+    submission_id = jobs_client.submit_reembed(dashboard, job_args, None, args.submission_id, token=token)
     print(submission_id)
     if args.follow:
-        status = jobs_client.follow(dashboard, submission_id)
+        status = jobs_client.follow(dashboard, submission_id, token=token)
         print(f"\n{submission_id}: {status}")
         return 0 if status == "SUCCEEDED" else 1
     return 0
@@ -238,11 +246,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.submission_id is None:
         print_routes(args.org)
         return 0
-    dashboard = args.address or jobs_client.default_dashboard_url()
+    dashboard = args.address or get_settings().dashboard_url
+    token = jobs_client.find_token(state_dir=get_settings().state_dir)
     if args.follow:
-        status = jobs_client.follow(dashboard, args.submission_id)
+        status = jobs_client.follow(dashboard, args.submission_id, token=token)
         print(f"\n{args.submission_id}: {status}")
-    ray_status = jobs_client.job_status(dashboard, args.submission_id)
+    ray_status = jobs_client.job_status(dashboard, args.submission_id, token=token)
     ray_status["job"] = tracked_reembed(args.submission_id, (ray_status["metadata"] or {}).get("heimdex_job_id"))
     print(json.dumps(ray_status, indent=2, default=str))
     return 0
@@ -283,9 +292,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _connect_local_ray() -> None:
     """Connect this process to the running local cluster (started by `heimdex up`) as a driver."""
-    from cluster import local
 
-    cluster = local.LocalCluster(STATE_DIR.resolve())
+    cluster = local_cluster()
     env = cluster.ray_env()
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         os.environ[key] = env[key]

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         "proxy: Ray's HTTP proxy serves `port` and forwards to the Gateway (one more process hop).",
     )
     data_dir: Path = Field(Path(".heimdex/data"), description="Embedded store, SQLite file, snapshots.")
+    state_dir: Path = Field(Path(".heimdex"), description="The local cluster of `heimdex up`: Ray temp dir, "
+                            "Ray auth token.")
+    ray_gcs_port: int = Field(6385, ge=1, le=65535, description="GCS port of `heimdex up`'s Ray head (not 6379, "
+                              "which Redis often holds).")
+    ray_address: str | None = Field(None, description="GCS address a job driver joins (pins one cluster when "
+                                    "a host runs several); unset: Ray's own RAY_ADDRESS resolution.")
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; defaults to a SQLite file under data_dir."
     )
@@ -95,7 +101,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(256, ge=1, description="Requests one gateway replica serves at once (503 past it).")
     embed_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the Embedder on a request.")
 
-    dashboard_url: str = Field("http://127.0.0.1:8265", description="Ray dashboard / job API the relay submits to.")
+    dashboard_url: str = Field(
+        "http://127.0.0.1:8265", validation_alias=AliasChoices("HEIMDEX_DASHBOARD_URL", "RAY_DASHBOARD_ADDRESS"),
+        description="Ray dashboard / job API that `heimdex reembed` and the relay submit to.")
 
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
 

@@ -257,7 +257,7 @@ def test_up_hands_settings_to_replicas_and_writes_the_switch(clean_switch_env: p
                                                              name: str) -> None:
     fake = FakeLocal()
     fake.install(clean_switch_env)
-    clean_switch_env.setattr(cli, "STATE_DIR", tmp_path / "state")
+    clean_switch_env.setenv("HEIMDEX_STATE_DIR", str(tmp_path / "state"))
     clean_switch_env.setenv("HEIMDEX_DATA_DIR", str(tmp_path / "data"))
     clean_switch_env.setenv(name, "false")
     clean_switch_env.setenv("HEIMDEX_TENANT_BURST", "77")
@@ -278,7 +278,7 @@ def test_up_hands_settings_to_replicas_and_writes_the_switch(clean_switch_env: p
 def test_up_without_the_variable_leaves_the_row_alone(clean_switch_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeLocal()
     fake.install(clean_switch_env)
-    clean_switch_env.setattr(cli, "STATE_DIR", tmp_path / "state")
+    clean_switch_env.setenv("HEIMDEX_STATE_DIR", str(tmp_path / "state"))
     clean_switch_env.setenv("HEIMDEX_DATA_DIR", str(tmp_path / "data"))
     (tmp_path / "data").mkdir()
     url = get_settings().resolved_database_url
