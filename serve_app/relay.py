@@ -29,6 +29,7 @@ from deployments.metrics import RayMetrics
 from deployments.mock_vectors import MOCK_DIMENSION, MOCK_MODEL, MOCK_VERSION, mock_vector
 from deployments.point_ids import point_id_for
 from deployments.registry import get_model
+from deployments.tenant_labels import RELAY_TENANT
 from deployments.vector_store import PointRecord, parse_collection_name
 from deployments.vector_store.actor import StoreClient
 from serve_app.db.database import Database
@@ -237,7 +238,9 @@ class OutboxRelay:
         for model in embedders:
             spec = get_model(model)
             store.sync.ensure_collection(spec.name, spec.version, spec.dimension)
-        self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s), store)
+        # The write path is one tenant at the Embedder: its batches are already fair across tenants (the claim).
+        self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s, tenant=RELAY_TENANT),
+                              store)
         self._stopping = asyncio.Event()
         self._last_error: str | None = None
         # Several batches in flight under a backlog: while one waits for the store to flush, the next is
