@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     # Overload protection
     tenant_rate_per_s: float = Field(200.0, gt=0, description="Sustained requests/s per tenant.")
     tenant_burst: int = Field(400, ge=1, description="Burst size of the per-tenant token bucket.")
+    tenant_in_flight_pool: int = Field(
+        32, ge=1, description="Embedding calls in flight that the active tenants share, across Gateway replicas: "
+        "with n tenants active, each may have max(tenant_min_in_flight, pool // n) in flight (429 past it); "
+        "a tenant alone is not limited.")
+    tenant_min_in_flight: int = Field(2, ge=1, description="Calls in flight every active tenant may have, "
+                                      "however many tenants are active.")
+    budget_ledger_name: str = Field("heimdex-tenant-budgets", description="Named Ray actor holding every "
+                                    "tenant's budget for all Gateway replicas (serve_app/budget_ledger.py).")
 
     # Outbox relay
     relay_poll_interval_s: float = Field(0.05, gt=0)
