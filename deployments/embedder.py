@@ -141,8 +141,9 @@ class _Request:
 class PassRecord:
     """What one model pass contained: the evidence that passes are formed fairly across tenants.
 
-    ``requests`` holds ``(tenant, texts, nth)`` per call in the pass: ``nth`` = 1 when this is the first
-    pass to start after the call was queued, 2 the second, and so on.
+    ``requests`` holds ``(tenant, texts, nth)`` per call in the pass (a piece of ``quantum`` texts of a
+    larger call counts as one): ``nth`` = 1 when this is the first pass to start after the call was
+    queued, 2 the second, and so on.
     """
 
     seq: int
@@ -214,13 +215,31 @@ class Coalescer:
         return self._queue.depth()
 
     async def embed(self, texts: list[str], tenant: str = UNNAMED_TENANT) -> EmbedOutput:
-        """Embed one call's texts for ``tenant``; merged with other waiting calls into a model pass."""
+        """Embed one call's texts for ``tenant``; merged with other waiting calls into a model pass.
+
+        With fair queueing a call of more than ``quantum`` texts is queued as pieces of ``quantum`` texts
+        (in order), so while tenants compete no pass holds more than a round's worth of anyone's texts;
+        a tenant alone still gets its pieces merged into full passes."""
         loop = asyncio.get_running_loop()
-        request = _Request(texts, tenant, loop.create_future(), self._clock(), self._passes)
-        self._queue.push(tenant, request, len(texts))
+        size = self.quantum if self.fair else max(1, len(texts))
+        pieces = [texts[i:i + size] for i in range(0, len(texts), size)] or [texts]
+        now = self._clock()
+        requests = [_Request(piece, tenant, loop.create_future(), now, self._passes) for piece in pieces]
+        for request in requests:
+            self._queue.push(tenant, request, len(request.texts))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = loop.create_task(self._drain())
-        return await request.future
+        if len(requests) == 1:
+            return await requests[0].future
+        try:
+            outputs = await asyncio.gather(*(request.future for request in requests))
+        except BaseException:
+            for request in requests:  # the call failed or was cancelled: its other pieces need no pass
+                request.future.cancel()
+            raise
+        return EmbedOutput(vectors=np.concatenate([o.vectors for o in outputs]),
+                           token_counts=[c for o in outputs for c in o.token_counts],
+                           truncated=[t for o in outputs for t in o.truncated])
 
     async def submit(self, requests: list[list[str]], tenant: str = UNNAMED_TENANT) -> list[EmbedOutput]:
         """Several calls of one tenant (each keeps its own slice); fails if any of them fails."""

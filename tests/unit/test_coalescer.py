@@ -172,3 +172,25 @@ async def test_pass_records_and_wait_callback_name_each_tenant(executor: ThreadP
     assert sorted(records[1].requests) == [("org-a", 1, 1), ("org-b", 2, 1)]
     assert sorted(tenant for tenant, _ in waits) == ["org-a", "org-a", "org-b"]
     assert all(s >= 0 for _, s in waits)
+
+
+async def test_a_large_call_is_queued_in_quantum_pieces_and_answered_whole_in_order(
+        executor: ThreadPoolExecutor) -> None:
+    model = FakeModelPass()
+    model.release.clear()
+    coalescer = Coalescer(model, executor, quantum=8)
+    first = asyncio.create_task(coalescer.embed(["hold"], "org-b"))
+    while not model.passes:
+        await asyncio.sleep(0.001)
+    texts = ["t" + "x" * i for i in range(20)]
+    big = asyncio.create_task(coalescer.embed(texts, "org-a"))
+    small = asyncio.create_task(coalescer.embed(["s"], "org-b"))
+    await asyncio.sleep(0.01)
+    assert coalescer.waiting == 4 and coalescer.queued_texts() == {"org-a": 20, "org-b": 1}  # 8 + 8 + 4, and 1
+    model.release.set()
+    out = await big
+    assert out.vectors[:, 0].tolist() == [float(len(t)) for t in texts] and len(out.token_counts) == 20
+    assert (await small).vectors.shape == (1, 1) and (await first).vectors.shape == (1, 1)
+    # org-b was served moments ago, so passes are contended: none holds more than a quantum of org-a's texts.
+    assert [r.texts.get("org-a", 0) for r in coalescer.recent_passes()] == [0, 8, 8, 4]
+    assert coalescer.recent_passes()[1].texts == {"org-a": 8, "org-b": 1}
