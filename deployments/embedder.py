@@ -450,6 +450,10 @@ class Embedder:
         """The last model passes with ``seq > after``: texts per tenant and how many passes each call waited."""
         return [record.as_dict() for record in self.core.coalescer.recent_passes(after)]
 
+    def queued_texts(self) -> dict[str, int]:
+        """Texts waiting now, per tenant (only tenants with something queued)."""
+        return self.core.coalescer.queued_texts()
+
     def pass_count(self) -> int:
         """Model passes this replica has started (pass ``seq`` of the next one minus one)."""
         return self.core.coalescer.passes
