@@ -34,6 +34,7 @@ from serve_app.budget_ledger import ACTIVE_WINDOW_S, BudgetLedgerActor
 logger = logging.getLogger("heimdex.admission")
 
 SYNC_INTERVAL_S = 0.1
+IDLE_SYNC_INTERVAL_S = 1.0
 CONCURRENCY_RETRY_AFTER_S = 1.0
 
 
@@ -118,6 +119,7 @@ class TenantAdmission:
         self._global_active = 0  # tenants active anywhere, as the ledger last said
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._last_call = float("-inf")
         self.syncs = 0
         self.sync_errors = 0
 
@@ -218,8 +220,9 @@ class TenantAdmission:
                 if state is not None:
                     reports[tenant] = (state.in_flight, state.spent)
                     state.spent = 0.0
-        if self.ledger is None:
-            return
+        if self.ledger is None or (not reports and now - self._last_call < IDLE_SYNC_INTERVAL_S):
+            return  # an idle replica asks only now and then (for the count of active tenants)
+        self._last_call = now
         try:
             replies, active = await self.ledger.sync(self.replica, reports, self.rate_per_s, self.burst)
         except Exception as exc:  # keep admitting on this replica's figures; the next sync tries again
