@@ -122,6 +122,9 @@ class BudgetLedger:
     def __len__(self) -> int:
         return len(self._tenants)
 
+    def __contains__(self, tenant: object) -> bool:
+        return tenant in self._tenants
+
 
 class BudgetLedgerActor:
     """The Ray actor around :class:`BudgetLedger` (plain values in and out)."""
@@ -134,6 +137,10 @@ class BudgetLedgerActor:
         replies, active = self.ledger.sync(
             replica, {t: TenantReport(int(n), float(spent)) for t, (n, spent) in reports.items()}, rate_per_s, burst)
         return {t: (r.tokens, r.share, r.others_in_flight) for t, r in replies.items()}, active
+
+    def knows(self, tenant: str) -> bool:
+        """Whether some replica reported ``tenant`` lately (operators and tests)."""
+        return tenant in self.ledger
 
 
 def get_ledger_actor(name: str) -> Any:
