@@ -194,3 +194,14 @@ async def test_a_large_call_is_queued_in_quantum_pieces_and_answered_whole_in_or
     # org-b was served moments ago, so passes are contended: none holds more than a quantum of org-a's texts.
     assert [r.texts.get("org-a", 0) for r in coalescer.recent_passes()] == [0, 8, 8, 4]
     assert coalescer.recent_passes()[1].texts == {"org-a": 8, "org-b": 1}
+
+
+def test_user_config_takes_fair_queueing_and_quantum_and_refuses_bad_values() -> None:
+    from deployments.embedder import EmbedderConfig
+
+    config = EmbedderConfig.parse({"fair_queueing": False, "quantum_texts": 16})
+    assert config.fair_queueing is False and config.quantum_texts == 16
+    assert EmbedderConfig.parse({}).fair_queueing is True
+    for bad in ({"fair_queueing": "no"}, {"quantum_texts": 0}, {"quantum": 8}):
+        with pytest.raises(ValueError):
+            EmbedderConfig.parse(bad)
