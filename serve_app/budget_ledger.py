@@ -12,8 +12,8 @@ request path (:mod:`serve_app.tenant_admission`). The ledger holds, per tenant,
 * the one token bucket (``rate_per_s``, ``burst``): each report charges the tokens a replica spent; the
   reply gives each replica its part of what is left, in proportion to what it spent lately (a replica
   the tenant does not use gets almost nothing), so the replicas together admit what one would;
-* the requests in flight at each replica, so each replica knows the others' count and how many
-  tenants are active (the fair share of the concurrency budget).
+* the calls in flight at each replica, so each replica knows the others' counts (the tenant's and
+  everyone's) and how many tenants are active (the fair share of the concurrency budget).
 
 The figures are exact up to one sync interval of what other replicas admitted meanwhile. A replica not
 heard from for ``replica_ttl_s`` (crashed, scaled down) stops counting. The ledger is plain Python; the
@@ -77,8 +77,9 @@ class BudgetLedger:
         self._tenants: dict[str, _TenantLedger] = {}
 
     def sync(self, replica: str, reports: dict[str, TenantReport], rate_per_s: float,
-             burst: float) -> tuple[dict[str, TenantReply], int]:
-        """Charge ``replica``'s reports; return its view of those tenants and the number of active tenants."""
+             burst: float) -> tuple[dict[str, TenantReply], int, int]:
+        """Charge ``replica``'s reports; return its view of those tenants, the number of active tenants and
+        the calls in flight at the other replicas, all tenants together."""
         now = self._clock()
         replies: dict[str, TenantReply] = {}
         for tenant, report in reports.items():
@@ -103,7 +104,9 @@ class BudgetLedger:
                 share=share,
                 others_in_flight=sum(v.in_flight for name, v in ledger.replicas.items() if name != replica))
         self._forget_idle(now, burst, rate_per_s)
-        return replies, self.active_tenants(now)
+        elsewhere = sum(v.in_flight for ledger in self._tenants.values() for name, v in ledger.replicas.items()
+                        if name != replica and now - v.seen <= self.replica_ttl_s)
+        return replies, self.active_tenants(now), elsewhere
 
     def active_tenants(self, now: float | None = None) -> int:
         """Tenants with a request in flight at some replica within the last ``active_window_s``."""
@@ -133,10 +136,10 @@ class BudgetLedgerActor:
         self.ledger = ledger if ledger is not None else BudgetLedger()
 
     def sync(self, replica: str, reports: dict[str, tuple[int, float]], rate_per_s: float,
-             burst: float) -> tuple[dict[str, tuple[float, float, int]], int]:
-        replies, active = self.ledger.sync(
+             burst: float) -> tuple[dict[str, tuple[float, float, int]], int, int]:
+        replies, active, elsewhere = self.ledger.sync(
             replica, {t: TenantReport(int(n), float(spent)) for t, (n, spent) in reports.items()}, rate_per_s, burst)
-        return {t: (r.tokens, r.share, r.others_in_flight) for t, r in replies.items()}, active
+        return {t: (r.tokens, r.share, r.others_in_flight) for t, r in replies.items()}, active, elsewhere
 
     def knows(self, tenant: str) -> bool:
         """Whether some replica reported ``tenant`` lately (operators and tests)."""

@@ -8,11 +8,13 @@ reached) the replica admits on its own figures alone, as one replica would.
 
 * Rate: a token bucket of ``rate_per_s`` and ``burst`` per tenant; this replica holds the part of it the
   ledger gives it. Refused: 429 ``tenant_rate_limited`` with the wait until a token is there.
-* Concurrency: embedding calls in flight, across replicas. A tenant alone may use the whole service;
-  while ``n`` tenants are active (a call in flight within the last second), each may have
-  ``max(min_in_flight, in_flight_pool // n)`` calls in flight. Refused: 429 ``tenant_concurrency_limited``
-  with Retry-After 1, before the call reaches the Embedder, so a flooding tenant's excess costs the model
-  nothing and a client that honours Retry-After backs off.
+* Concurrency: embedding calls in flight, across replicas, shared max-min fair. ``in_flight_pool`` is
+  what the service holds before requests queue for long. Below it anyone may add a call, and a tenant
+  alone may use the whole service; once it is full, while ``n`` tenants are active (a call in flight
+  within the last second), a tenant holding ``max(min_in_flight, in_flight_pool // n)`` or more is
+  refused: 429 ``tenant_concurrency_limited`` with Retry-After 1, before the call reaches the Embedder,
+  so a flooding tenant's excess costs the model nothing and a client that honours Retry-After backs off,
+  while a tenant under its share is always let in.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ CONCURRENCY_RETRY_AFTER_S = 1.0
 
 
 class LedgerLink(Protocol):
-    """How a replica reaches the ledger: ``(replies by tenant, active tenants)`` for a report."""
+    """How a replica reaches the ledger (the Ray actor, or one in this process)."""
 
     async def sync(self, replica: str, reports: dict[str, tuple[int, float]], rate_per_s: float,
-                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int]: ...
+                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int, int]:
+        """``(replies by tenant, active tenants, calls in flight at the other replicas)`` for a report."""
+        ...
 
 
 class RayLedgerLink:
@@ -52,8 +56,8 @@ class RayLedgerLink:
         self.handle = handle
 
     async def sync(self, replica: str, reports: dict[str, tuple[int, float]], rate_per_s: float,
-                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int]:
-        result: tuple[dict[str, tuple[float, float, int]], int] = await self.handle.sync.remote(
+                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int, int]:
+        result: tuple[dict[str, tuple[float, float, int]], int, int] = await self.handle.sync.remote(
             replica, reports, rate_per_s, burst)
         return result
 
@@ -77,7 +81,7 @@ class InProcessLedgerLink:
         self.actor = actor if actor is not None else BudgetLedgerActor()
 
     async def sync(self, replica: str, reports: dict[str, tuple[int, float]], rate_per_s: float,
-                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int]:
+                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int, int]:
         return self.actor.sync(replica, reports, rate_per_s, burst)
 
 
@@ -117,6 +121,8 @@ class TenantAdmission:
         self._reported: set[str] = set()  # tenants to put in the next report
         self._local_active = 0  # tenants active here (recounted every sync)
         self._global_active = 0  # tenants active anywhere, as the ledger last said
+        self._in_flight = 0  # calls in flight here, all tenants
+        self._in_flight_elsewhere = 0  # at the other replicas, as the ledger last said
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._last_call = float("-inf")
@@ -148,11 +154,12 @@ class TenantAdmission:
     # ------------------------------------------------------------------ concurrency
 
     def limit(self, tenant: str) -> int | None:
-        """Calls ``tenant`` may have in flight across replicas now; None: no limit (it is alone)."""
+        """``tenant``'s fair share of calls in flight across replicas while the pool is full; None: no
+        share applies (it is the only active tenant)."""
         with self._lock:
-            return self._limit(tenant, self._clock())
+            return self._share(tenant, self._clock())
 
-    def _limit(self, tenant: str, now: float) -> int | None:
+    def _share(self, tenant: str, now: float) -> int | None:
         state = self._tenants.get(tenant)
         is_active = state is not None and (state.in_flight > 0 or now - state.last_active <= ACTIVE_WINDOW_S)
         active = max(self._local_active, self._global_active) + (0 if is_active else 1)
@@ -166,12 +173,14 @@ class TenantAdmission:
         with self._lock:
             now = self._clock()
             state = self._state(tenant)
-            limit = self._limit(tenant, now)
-            if limit is not None and state.in_flight + state.others_in_flight >= limit:
-                return False
+            if self._in_flight + self._in_flight_elsewhere >= self.in_flight_pool:  # full: shares apply
+                share = self._share(tenant, now)
+                if share is not None and state.in_flight + state.others_in_flight >= share:
+                    return False
             if state.in_flight == 0 and now - state.last_active > ACTIVE_WINDOW_S:
                 self._local_active += 1  # counted at once, not only at the next sync
             state.in_flight += 1
+            self._in_flight += 1
             state.last_active = now
             self._reported.add(tenant)
             return True
@@ -182,6 +191,7 @@ class TenantAdmission:
             if state is None or state.in_flight <= 0:
                 raise RuntimeError("TenantAdmission.leave() without a matching enter()")
             state.in_flight -= 1
+            self._in_flight -= 1
             state.last_active = self._clock()
             self._reported.add(tenant)
 
@@ -224,7 +234,7 @@ class TenantAdmission:
             return  # an idle replica asks only now and then (for the count of active tenants)
         self._last_call = now
         try:
-            replies, active = await self.ledger.sync(self.replica, reports, self.rate_per_s, self.burst)
+            replies, active, elsewhere = await self.ledger.sync(self.replica, reports, self.rate_per_s, self.burst)
         except Exception as exc:  # keep admitting on this replica's figures; the next sync tries again
             self.sync_errors += 1
             with self._lock:  # what was spent must still be charged next time
@@ -238,6 +248,7 @@ class TenantAdmission:
         with self._lock:
             now = self._clock()
             self._global_active = active
+            self._in_flight_elsewhere = elsewhere
             for tenant, (tokens, share, others) in replies.items():
                 state = self._tenants.get(tenant)
                 if state is None:

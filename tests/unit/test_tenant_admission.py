@@ -31,7 +31,7 @@ class FailingLedgerFake:
         self.calls = 0
 
     async def sync(self, replica: str, reports: dict[str, tuple[int, float]], rate_per_s: float,
-                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int]:
+                   burst: float) -> tuple[dict[str, tuple[float, float, int]], int, int]:
         self.calls += 1
         raise ConnectionError("ledger unreachable (FailingLedgerFake)")
 
@@ -92,19 +92,22 @@ def test_a_refusal_says_how_long_to_wait() -> None:
     assert admission.try_acquire("org-b") is None  # another tenant keeps its whole budget
 
 
-def test_a_lone_tenant_is_not_limited_and_shares_once_another_is_active() -> None:
+def test_a_lone_tenant_is_not_limited_and_shares_a_full_pool_once_another_is_active() -> None:
     clock = FakeClock()
-    [admission] = replicas(1, clock, pool=32)
-    assert all(admission.enter("org-a") for _ in range(64))  # alone: the whole service
+    [admission] = replicas(1, clock, pool=8)
+    assert all(admission.enter("org-a") for _ in range(20))  # alone: the whole service, past the pool
     assert admission.limit("org-a") is None
-    assert admission.enter("org-b")  # a second tenant is active: each may hold 32 // 2 = 16
-    assert admission.limit("org-a") == 16 and admission.limit("org-b") == 16
-    assert not admission.enter("org-a")
-    for _ in range(64 - 15):
+    assert admission.enter("org-b")  # under its share (8 // 2 = 4): let in although the pool is full
+    assert admission.limit("org-a") == 4 and admission.limit("org-b") == 4
+    assert not admission.enter("org-a")  # the pool is full and a holds more than its share
+    for _ in range(20 - 3):
         admission.leave("org-a")
-    assert admission.in_flight("org-a") == 15 and admission.enter("org-a") and not admission.enter("org-a")
+    # 3 + 1 in flight: room in the pool, so a may take it (work-conserving) until the pool is full again.
+    assert [admission.enter("org-a") for _ in range(5)] == [True, True, True, True, False]
+    assert admission.in_flight("org-a") == 7 and admission.enter("org-b") and admission.enter("org-b")
     # b goes quiet: a second later a is alone again (recounted at the next sync).
-    admission.leave("org-b")
+    for _ in range(3):
+        admission.leave("org-b")
     clock.now += 1.5
     asyncio.run(admission.sync_once())
     assert admission.limit("org-a") is None and admission.enter("org-a")
