@@ -27,9 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# A tenant counts as active for this long after its last request in flight (a trickle between two
-# requests still holds its share).
-ACTIVE_WINDOW_S = 1.0
 REPLICA_TTL_S = 5.0
 LEDGER_NAMESPACE = "heimdex"
 
@@ -45,8 +42,10 @@ class _ReplicaView:
 class _TenantLedger:
     tokens: float
     updated: float
-    last_active: float = float("-inf")
     replicas: dict[str, _ReplicaView] = field(default_factory=dict)
+
+    def in_flight(self, now: float, ttl_s: float) -> int:
+        return sum(v.in_flight for v in self.replicas.values() if now - v.seen <= ttl_s)
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,8 @@ class TenantReply:
 class BudgetLedger:
     """Per-tenant token buckets and in-flight counts, reported by and shared across Gateway replicas."""
 
-    def __init__(self, replica_ttl_s: float = REPLICA_TTL_S, active_window_s: float = ACTIVE_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, replica_ttl_s: float = REPLICA_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.replica_ttl_s = replica_ttl_s
-        self.active_window_s = active_window_s
         self._clock = clock
         self._tenants: dict[str, _TenantLedger] = {}
 
@@ -93,8 +90,6 @@ class BudgetLedger:
             view.in_flight, view.spent, view.seen = report.in_flight, report.spent, now
             for name in [name for name, v in ledger.replicas.items() if now - v.seen > self.replica_ttl_s]:
                 del ledger.replicas[name]
-            if any(v.in_flight > 0 for v in ledger.replicas.values()):
-                ledger.last_active = now
             # Weights: what each replica spent in its last report, plus a little so a replica that only
             # starts seeing the tenant is not shut out until its next report.
             weights = {name: v.spent + 1.0 for name, v in ledger.replicas.items()}
@@ -109,16 +104,16 @@ class BudgetLedger:
         return replies, self.active_tenants(now), elsewhere
 
     def active_tenants(self, now: float | None = None) -> int:
-        """Tenants with a request in flight at some replica within the last ``active_window_s``."""
+        """Tenants with a call in flight at some live replica, as last reported."""
         now = self._clock() if now is None else now
-        return sum(1 for ledger in self._tenants.values() if now - ledger.last_active <= self.active_window_s)
+        return sum(1 for ledger in self._tenants.values() if ledger.in_flight(now, self.replica_ttl_s) > 0)
 
     def _forget_idle(self, now: float, burst: float, rate_per_s: float) -> None:
         """Drop tenants whose bucket is full again and who have nothing in flight (memory stays bounded)."""
         full_after = burst / rate_per_s if rate_per_s > 0 else float("inf")
         idle = [tenant for tenant, ledger in self._tenants.items()
                 if now - ledger.updated > max(full_after, self.replica_ttl_s)
-                and now - ledger.last_active > self.active_window_s]
+                and ledger.in_flight(now, self.replica_ttl_s) == 0]
         for tenant in idle:
             del self._tenants[tenant]
 

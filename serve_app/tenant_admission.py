@@ -10,11 +10,11 @@ reached) the replica admits on its own figures alone, as one replica would.
   ledger gives it. Refused: 429 ``tenant_rate_limited`` with the wait until a token is there.
 * Concurrency: embedding calls in flight, across replicas, shared max-min fair. ``in_flight_pool`` is
   what the service holds before requests queue for long. Below it anyone may add a call, and a tenant
-  alone may use the whole service; once it is full, while ``n`` tenants are active (a call in flight
-  within the last second), a tenant holding ``max(min_in_flight, in_flight_pool // n)`` or more is
-  refused: 429 ``tenant_concurrency_limited`` with Retry-After 1, before the call reaches the Embedder,
-  so a flooding tenant's excess costs the model nothing and a client that honours Retry-After backs off,
-  while a tenant under its share is always let in.
+  alone may use the whole service; once it is full, while ``n`` tenants are active (a call in flight,
+  here or at another replica as of the last sync), a tenant holding ``max(min_in_flight,
+  in_flight_pool // n)`` or more is refused: 429 ``tenant_concurrency_limited`` with Retry-After 1,
+  before the call reaches the Embedder, so a flooding tenant's excess costs the model nothing and a
+  client that honours Retry-After backs off, while a tenant under its share is always let in.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from serve_app.budget_ledger import ACTIVE_WINDOW_S, BudgetLedgerActor
+from serve_app.budget_ledger import BudgetLedgerActor
 
 logger = logging.getLogger("heimdex.admission")
 
@@ -93,7 +93,6 @@ class _Tenant:
     spent: float = 0.0  # tokens taken since the last report was built
     in_flight: int = 0
     others_in_flight: int = 0
-    last_active: float = float("-inf")
 
 
 class TenantAdmission:
@@ -119,7 +118,7 @@ class TenantAdmission:
         self._clock = clock
         self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
         self._reported: set[str] = set()  # tenants to put in the next report
-        self._local_active = 0  # tenants active here (recounted every sync)
+        self._busy: set[str] = set()  # tenants with a call in flight here
         self._global_active = 0  # tenants active anywhere, as the ledger last said
         self._in_flight = 0  # calls in flight here, all tenants
         self._in_flight_elsewhere = 0  # at the other replicas, as the ledger last said
@@ -161,8 +160,8 @@ class TenantAdmission:
 
     def _share(self, tenant: str, now: float) -> int | None:
         state = self._tenants.get(tenant)
-        is_active = state is not None and (state.in_flight > 0 or now - state.last_active <= ACTIVE_WINDOW_S)
-        active = max(self._local_active, self._global_active) + (0 if is_active else 1)
+        is_active = state is not None and state.in_flight + state.others_in_flight > 0
+        active = max(len(self._busy), self._global_active) + (0 if is_active else 1)
         if active <= 1:
             return None
         return max(self.min_in_flight, self.in_flight_pool // active)
@@ -177,11 +176,9 @@ class TenantAdmission:
                 share = self._share(tenant, now)
                 if share is not None and state.in_flight + state.others_in_flight >= share:
                     return False
-            if state.in_flight == 0 and now - state.last_active > ACTIVE_WINDOW_S:
-                self._local_active += 1  # counted at once, not only at the next sync
+            self._busy.add(tenant)
             state.in_flight += 1
             self._in_flight += 1
-            state.last_active = now
             self._reported.add(tenant)
             return True
 
@@ -192,7 +189,8 @@ class TenantAdmission:
                 raise RuntimeError("TenantAdmission.leave() without a matching enter()")
             state.in_flight -= 1
             self._in_flight -= 1
-            state.last_active = self._clock()
+            if state.in_flight == 0:
+                self._busy.discard(tenant)
             self._reported.add(tenant)
 
     def in_flight(self, tenant: str) -> int:
@@ -217,12 +215,10 @@ class TenantAdmission:
         return state
 
     async def sync_once(self) -> None:
-        """Recount the active tenants, report to the ledger and take its figures (one round trip)."""
+        """Report to the ledger and take its figures (one round trip)."""
         with self._lock:
             now = self._clock()
-            self._local_active = sum(1 for s in self._tenants.values()
-                                     if s.in_flight > 0 or now - s.last_active <= ACTIVE_WINDOW_S)
-            names = self._reported | {t for t, s in self._tenants.items() if s.in_flight > 0}
+            names = self._reported | self._busy
             self._reported = set()
             reports: dict[str, tuple[int, float]] = {}
             for tenant in names:

@@ -105,12 +105,20 @@ def test_a_lone_tenant_is_not_limited_and_shares_a_full_pool_once_another_is_act
     # 3 + 1 in flight: room in the pool, so a may take it (work-conserving) until the pool is full again.
     assert [admission.enter("org-a") for _ in range(5)] == [True, True, True, True, False]
     assert admission.in_flight("org-a") == 7 and admission.enter("org-b") and admission.enter("org-b")
-    # b goes quiet: a second later a is alone again (recounted at the next sync).
+    # b has nothing in flight any more: a is alone again, at once (no sync needed on one replica).
     for _ in range(3):
         admission.leave("org-b")
-    clock.now += 1.5
-    asyncio.run(admission.sync_once())
     assert admission.limit("org-a") is None and admission.enter("org-a")
+
+
+def test_a_tenant_that_was_busy_a_moment_ago_does_not_limit_the_next_one() -> None:
+    clock = FakeClock()
+    [admission] = replicas(1, clock, pool=4)
+    for _ in range(3):
+        assert admission.enter("org-earlier")
+        admission.leave("org-earlier")
+    asyncio.run(admission.sync_once())
+    assert all(admission.enter("org-next") for _ in range(32))  # alone now, however busy
 
 
 def test_calls_in_flight_count_across_replicas() -> None:
