@@ -98,7 +98,7 @@ class _Tenant:
 class TenantAdmission:
     """Per-tenant rate and concurrency admission of one Gateway replica (see the module docstring)."""
 
-    def __init__(self, rate_per_s: float, burst: float, in_flight_pool: int = 8, min_in_flight: int = 2, *,
+    def __init__(self, rate_per_s: float, burst: float, in_flight_pool: int = 4, min_in_flight: int = 2, *,
                  ledger: LedgerLink | None = None, replica: str | None = None, max_tenants: int = 100_000,
                  sync_interval_s: float = SYNC_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
         if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
