@@ -10,6 +10,7 @@ behind them, and writes ``bench/results/latest.json`` (``--json PATH`` to change
    (``single_proxy``: the same through Ray's proxy, when the stack serves the Gateway directly);
 2. ``batched``: 4 concurrent clients, 32 short texts per request: texts/s ÷ raw short texts/s;
 3. ``latency``: one client, one text: p50/p99 minus the raw single-text p50/p99;
+   ``isolation``: ``bench.isolation``: a 2-client trickle tenant's p99 while another tenant floods ÷ its idle p99;
 4. ``ingest``: segments/s from ``POST /vectors/embed:batch`` to all jobs succeeded ÷ raw texts/s;
 5. ``bulk``: ``bench.bulk.measure_bulk`` (12,000 rows; steady and end-to-end rates);
 6. ``search``: ``POST /vectors/search`` p50 at 100,000 stored points (10 tenants x 10,000) minus the
@@ -36,12 +37,14 @@ from typing import Any
 
 from bench.load import LoadRunner, LoadSpec
 from bench.machine import machine_info
+from bench.optional import call_optional
 from bench.texts import text_set
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
 MODEL = "minilm-l6-v2"
-STEPS = ("baseline", "single", "single_proxy", "batched", "latency", "ingest", "bulk", "search", "int8", "memory")
+STEPS = ("baseline", "single", "single_proxy", "batched", "latency", "isolation", "ingest", "bulk", "search", "int8",
+         "memory")
 
 # figure -> (comparison, goal). A figure is only compared; nothing fails on it.
 GOALS: dict[str, tuple[str, float]] = {
@@ -52,6 +55,7 @@ GOALS: dict[str, tuple[str, float]] = {
     "ingest_ratio": (">=", 0.70),
     "bulk_ratio": (">=", 0.80),
     "search_overhead_p50_ms": ("<=", 15.0),
+    "isolation_p99_ratio": ("<=", 2.0),  # bench/isolation.py: a trickle's p99 during another tenant's flood / idle
     "int8_speedup": (">=", 2.0),
 }
 # Informational: the single-text load through Ray's HTTP proxy instead of the Gateway's own server;
@@ -221,6 +225,8 @@ class Bench:
                 url=url, bodies=embeddings_bodies(short[1000:], 1, 500), concurrency=1,
                 max_requests=p.latency_requests, max_duration_s=p.latency_seconds, headers=headers,
                 warmup_requests=10)))
+            self.step("isolation", lambda: call_optional("bench.isolation", ("measure_isolation",),
+                                                         self._offered(stack)))
             mark("ingest")
             self.step("ingest", lambda: self._ingest(stack))
             mark("bulk")
@@ -334,6 +340,7 @@ class Bench:
         search = self.raw.get("search")
         if isinstance(search, dict) and "query" in search:
             f["search_overhead_p50_ms"] = minus(search["query"]["p50_ms"], self.raw_single("p50_ms"))
+        f["isolation_p99_ratio"] = (self.raw.get("isolation") or {}).get("isolation_p99_ratio")
         memory = self.raw.get("memory")
         if isinstance(memory, dict):
             f["peak_rss_mb"] = memory.get("peak_rss_mb")

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from deployments.tenant_labels import TenantLabels
+
 logger = logging.getLogger("heimdex.metrics")
 
 # Seconds; from a cached search (~1 ms) to a cold large batch on CPU (tens of seconds).
@@ -124,6 +126,9 @@ class EmbedderMetrics:
         self.texts = 0
         self.tokens = 0
         self.pending = 0  # embed() calls waiting for, or inside, a batch
+        # Seconds each call waited in its tenant's queue before a model pass took it, by tenant label.
+        self.tenant_labels = TenantLabels()
+        self.tenant_wait: dict[str, LocalHistogram] = {}
 
     # The Ray gauge is set once per model pass and when the queue empties, not on every call: two Ray
     # metric calls per request were measurable on the single-text hot path.
@@ -153,6 +158,25 @@ class EmbedderMetrics:
         self.ray.counter("heimdex_embedder_texts", "texts embedded", texts, tags)
         self.ray.counter("heimdex_embedder_tokens", "tokens embedded", tokens, tags)
         self._export_depth()
+
+    def record_wait(self, tenant: str, seconds: float) -> None:
+        """One call's wait in its tenant's queue (in-process only: no Ray metric call per request)."""
+        label = self.tenant_labels(tenant)
+        histogram = self.tenant_wait.get(label)
+        if histogram is None:
+            histogram = self.tenant_wait.setdefault(label, LocalHistogram(LATENCY_BUCKETS_S))
+        histogram.observe(seconds)
+
+    def tenant_snapshot(self, queued_texts: dict[str, int]) -> dict[str, Any]:
+        """``{label: {"queued_texts": n, "wait_s": histogram}}`` for every tenant label seen."""
+        depth: dict[str, int] = {}
+        for tenant, texts in queued_texts.items():
+            label = self.tenant_labels(tenant)
+            depth[label] = depth.get(label, 0) + texts
+        empty = LocalHistogram(LATENCY_BUCKETS_S).snapshot()
+        waits = {label: histogram.snapshot() for label, histogram in list(self.tenant_wait.items())}
+        return {label: {"queued_texts": depth.get(label, 0), "wait_s": waits.get(label, empty)}
+                for label in sorted(set(depth) | set(waits))}
 
     def snapshot(self) -> dict[str, Any]:
         return {"model": self.model, "batches": self.batches, "texts": self.texts, "tokens": self.tokens,

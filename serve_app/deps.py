@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from serve_app.auth import AuthError, Principal
 from serve_app.errors import ApiError
+from serve_app.metrics import gateway_metrics
 from serve_app.services import Services
 
 ANONYMOUS = Principal(org_id="anonymous", sub="anonymous", scopes=frozenset(), token_id=None)
@@ -44,6 +45,7 @@ def _remember(request: Request, principal: Principal) -> Principal:
 def _admit(principal: Principal, services: Services) -> None:
     wait_s = services.limiter.try_acquire(principal.org_id)
     if wait_s is not None:
+        gateway_metrics().refused(principal.org_id, "rate")
         raise ApiError(429, "tenant_rate_limited",
                        "request budget of this tenant is spent; retry after the indicated delay",
                        headers={"Retry-After": str(max(1, math.ceil(wait_s)))})

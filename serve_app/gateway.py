@@ -16,12 +16,13 @@ from serve_app.db.database import Database
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.logging_setup import configure_logging
 from serve_app.metrics import MetricsSources
-from serve_app.rate_limit import ConcurrencyGate, TenantRateLimiter
+from serve_app.rate_limit import ConcurrencyGate
 from serve_app.routes import jobs, vectors_search, vectors_write
 from serve_app.routing import RouteResolver, ensure_model_collections
 from serve_app.services import Services
 from serve_app.settings import get_settings
 from serve_app.switches import real_embeddings_reader
+from serve_app.tenant_admission import TenantAdmission, ledger_link
 
 logger = logging.getLogger("heimdex.gateway")
 
@@ -42,11 +43,14 @@ class Gateway:
         store_config = settings.store_config()
         store = open_async_store(store_config)
         db = Database(settings.resolved_database_url)
+        # Each tenant's rate and concurrency budget, shared by every Gateway replica through the ledger actor.
+        admission = TenantAdmission(settings.tenant_rate_per_s, settings.tenant_burst, settings.tenant_in_flight_pool,
+                                    settings.tenant_min_in_flight, ledger=ledger_link(settings.budget_ledger_name))
         self.services = Services(
             settings=settings,
-            embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s),
+            embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s, admission=admission),
             verifier=TokenVerifier(settings),
-            limiter=TenantRateLimiter(settings.tenant_rate_per_s, settings.tenant_burst),
+            limiter=admission,
             gate=ConcurrencyGate(settings.max_in_flight),
             store=store,
             db=db,

@@ -31,6 +31,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.metrics import LATENCY_BUCKETS_S, RayMetrics, in_serve_replica
+from deployments.tenant_labels import TenantLabels
 from serve_app.logging_setup import fields
 
 logger = logging.getLogger("heimdex.access")
@@ -52,7 +53,18 @@ class GatewayMetrics:
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("heimdex_http_request_duration_seconds", "HTTP request latency by route template",
                                  ["route", "method"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.refusals = Counter("heimdex_tenant_refusals", "429 answers by tenant (bounded labels) and budget "
+                                "(rate: requests per second; concurrency: share of calls in flight)",
+                                ["tenant", "budget"], registry=self.registry)
+        self.tenant_labels = TenantLabels()
         self.ray = RayMetrics()
+
+    def refused(self, tenant: str, budget: str) -> None:
+        """One 429 for ``tenant``: its rate budget or its share of calls in flight was spent."""
+        label = self.tenant_labels(tenant)
+        self.refusals.labels(label, budget).inc()
+        self.ray.counter("heimdex_tenant_refusals", "429 answers by tenant and budget", 1,
+                         {"tenant": label, "budget": budget})
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -224,6 +236,12 @@ def snapshot_families(snapshot: dict[str, Any]) -> list[Any]:
                                  labels=["model", "pid"])
     latency = HistogramMetricFamily("heimdex_embedder_batch_latency_seconds", "seconds to embed one batch",
                                     labels=["model", "pid"])
+    tenant_depth = GaugeMetricFamily("heimdex_embedder_tenant_queue_texts",
+                                     "texts waiting in each tenant's queue for a model pass (bounded tenant labels)",
+                                     labels=["model", "pid", "tenant"])
+    tenant_wait = HistogramMetricFamily("heimdex_embedder_tenant_wait_seconds",
+                                        "seconds a call waited in its tenant's queue before a model pass took it",
+                                        labels=["model", "pid", "tenant"])
     for source, value in sorted(snapshot.items()):
         if not source.startswith("embedder:") or value is None:
             continue
@@ -234,7 +252,10 @@ def snapshot_families(snapshot: dict[str, Any]) -> list[Any]:
         depth.add_metric(labels, value["queue_depth"])
         size.add_metric(labels, _histogram_buckets(value["batch_size"]), value["batch_size"]["sum"])
         latency.add_metric(labels, _histogram_buckets(value["batch_latency_s"]), value["batch_latency_s"]["sum"])
-    families += [batches, texts, tokens, depth, size, latency]
+        for tenant, figures in sorted(value.get("tenants", {}).items()):
+            tenant_depth.add_metric([*labels, tenant], figures["queued_texts"])
+            tenant_wait.add_metric([*labels, tenant], _histogram_buckets(figures["wait_s"]), figures["wait_s"]["sum"])
+    families += [batches, texts, tokens, depth, size, latency, tenant_depth, tenant_wait]
 
     relay = snapshot.get("relay")
     if relay is not None:

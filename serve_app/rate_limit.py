@@ -2,7 +2,9 @@
 
 Both are in-process and thread-safe (a lock held for a few arithmetic operations, never across an
 ``await``), so they are safe to call from async route handlers and from worker threads alike. Limits are
-per replica: with N replicas a tenant's effective ceiling is about N times the configured rate.
+per replica: with N replicas a tenant's effective ceiling is about N times the configured rate. The Gateway
+uses :class:`serve_app.tenant_admission.TenantAdmission` instead, whose budgets hold across replicas;
+this bucket serves the in-process apps of tests and tools.
 """
 
 from __future__ import annotations

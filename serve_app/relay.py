@@ -28,6 +28,7 @@ from ray import serve
 from deployments.metrics import RayMetrics
 from deployments.mock_vectors import MOCK_MODEL, mock_vector
 from deployments.point_ids import point_id_for
+from deployments.tenant_labels import RELAY_TENANT
 from deployments.vector_store import (
     AsyncVectorStore,
     PointRecord,
@@ -238,7 +239,9 @@ class OutboxRelay:
         store_config = settings.store_config()
         ensure_model_collections(open_store(store_config), embedders)
         store = open_async_store(store_config)
-        self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s), store)
+        # The write path is one tenant at the Embedder: its batches are already fair across tenants (the claim).
+        self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s, tenant=RELAY_TENANT),
+                              store)
         self._stopping = asyncio.Event()
         self._last_error: str | None = None
         # Several batches in flight under a backlog: while one waits for the store to flush, the next is

@@ -14,7 +14,7 @@ class Services:
     settings: Settings
     embedders: EmbedderClient
     verifier: Any  # serve_app.auth.TokenVerifier
-    limiter: Any  # serve_app.rate_limit.TenantRateLimiter
+    limiter: Any  # serve_app.tenant_admission.TenantAdmission (or rate_limit.TenantRateLimiter in-process)
     gate: Any  # serve_app.rate_limit.ConcurrencyGate
     store: Any | None = None  # deployments.vector_store.AsyncVectorStore
     db: Any | None = None  # serve_app.db.database.Database

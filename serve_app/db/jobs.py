@@ -179,7 +179,7 @@ class JobRepository:
                         {"job_id": job.id, "prev_status": None, "next_status": JobStatus.QUEUED.value,
                          "stage": "queued", "message": None, "created_at": now} for job, _ in fresh.values()])
                     self._session.execute(insert(Outbox), [
-                        {"job_id": job.id, "task": embed_task(seg.model),
+                        {"job_id": job.id, "org_id": org_id, "task": embed_task(seg.model),
                          "payload": {"org_id": org_id, **asdict(seg), "job_id": job.id},
                          "state": OutboxState.PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now,
                          "updated_at": now} for job, seg in fresh.values()])
@@ -241,7 +241,8 @@ class JobRepository:
                 self._session.flush()
                 self._session.add(_first_event(job_id, now))
                 if task is not None:
-                    self._session.add(_new_outbox_row(job_id, task, {**payload(job_id), "job_id": job_id}, now))
+                    self._session.add(_new_outbox_row(job_id, org_id, task, {**payload(job_id), "job_id": job_id},
+                                                      now))
                 self._session.flush()
         except IntegrityError:
             winner = self._job_by_key(job_key)
@@ -398,7 +399,7 @@ class JobRepository:
             job.attempts = 0
             job.error = None
             job.result = None
-            self._session.add(_new_outbox_row(job.id, last.task, dict(last.payload), now))
+            self._session.add(_new_outbox_row(job.id, job.org_id, last.task, dict(last.payload), now))
             return job
 
         return self._in_transaction(work)
@@ -454,9 +455,10 @@ def _first_event(job_id: str, now: datetime) -> JobEvent:
     )
 
 
-def _new_outbox_row(job_id: str, task: str, payload: dict[str, Any], now: datetime) -> Outbox:
+def _new_outbox_row(job_id: str, org_id: str, task: str, payload: dict[str, Any], now: datetime) -> Outbox:
     return Outbox(
         job_id=job_id,
+        org_id=org_id,
         task=task,
         payload=payload,
         state=OutboxState.PENDING,

@@ -127,10 +127,15 @@ class JobEvent(Base):
 
 class Outbox(Base):
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+        # The relay's fair claim walks the tenants with due rows, then each tenant's oldest (outbox.py).
+        Index("ix_outbox_state_org_id_next_attempt_at", "state", "org_id", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id"), index=True)
+    org_id: Mapped[str] = mapped_column(String(128))  # the job's tenant
     task: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)

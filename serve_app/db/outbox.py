@@ -9,17 +9,23 @@ On both, the UPDATE repeats the "still due" condition, so a row is never leased 
 A lease is fenced by (owner, attempts): ``attempts`` grows on every claim, so a relay whose lease
 expired and was taken over, even by a relay with the same owner name, can no longer complete,
 fail or heartbeat that message.
+
+Claims are fair across tenants: one tenant's 100,000 queued jobs do not hold back another tenant's
+few. A claim walks the tenants that have work (one index seek per tenant on ``(state, org_id,
+next_attempt_at)``, at most ``limit`` tenants, starting after the last tenant the previous claim
+reached and wrapping around), takes each one's oldest due rows, and interleaves them round-robin.
+With ``fair=False`` it takes the oldest due rows whoever they belong to (the order before).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, insert, or_, select, text, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from deployments.mock_vectors import MOCK_MODEL
@@ -56,6 +62,7 @@ class OutboxQueue:
         max_attempts: int,
         backoff_base_s: float,
         backoff_max_s: float,
+        fair: bool = True,
     ) -> None:
         if lease_s <= 0 or max_attempts < 1 or backoff_base_s <= 0 or backoff_max_s <= 0:
             raise ValueError("lease_s, backoff times must be > 0 and max_attempts >= 1")
@@ -65,6 +72,8 @@ class OutboxQueue:
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.fair = fair
+        self._after_tenant = ""  # where the next claim's walk over the tenants starts
 
     # ---------------------------------------------------------------- claiming
 
@@ -96,15 +105,12 @@ class OutboxQueue:
             session.connection()  # take the transaction (SQLite: the write lock) before reading the clock
             now = utcnow()
             due = self._due(now) if tasks is None else and_(self._due(now), self._of_tasks(tasks))
-            ids = list(
-                session.scalars(
-                    select(Outbox.id)
-                    .where(due)
-                    .order_by(Outbox.next_attempt_at, Outbox.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            if self.fair:
+                ids = self._fair_ids(session, now, tasks, limit)
+            else:
+                ids = list(session.scalars(
+                    select(Outbox.id).where(due).order_by(Outbox.next_attempt_at, Outbox.id).limit(limit)
+                    .with_for_update(skip_locked=True)))
             if not ids:
                 return []
             expires = now + self.lease
@@ -126,6 +132,64 @@ class OutboxQueue:
             for row in rows
         ]
         return sorted(messages, key=lambda m: m.id)
+
+    def _fair_ids(self, session: Session, now: datetime, tasks: Collection[str] | None, limit: int) -> list[int]:
+        """Up to ``limit`` due row ids, round-robin over the tenants with work, oldest first within each.
+
+        Each tenant's rows are read with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL), so concurrent claimers
+        take disjoint rows as the plain claim does: first an equal share each, then, if some tenants had
+        fewer, more from those that filled their share."""
+        tenants = self._tenants_with_work(session, limit)
+        if not tenants:
+            return []
+        self._after_tenant = tenants[-1]
+        share = -(-limit // len(tenants))
+        rows = self._oldest_of(session, now, tasks, tenants, share, taken=())
+        found = sum(len(r) for r in rows.values())
+        filled = [t for t in tenants if len(rows[t]) == share]
+        if found < limit and filled:
+            more = self._oldest_of(session, now, tasks, filled, limit - found,
+                                   taken=[i for r in rows.values() for _, i in r])
+            for tenant, extra in more.items():
+                rows[tenant] += extra
+        return _round_robin([[i for _, i in sorted(rows[t])] for t in tenants], limit)
+
+    def _oldest_of(self, session: Session, now: datetime, tasks: Collection[str] | None, tenants: list[str], n: int,
+                   taken: Collection[int]) -> dict[str, list[tuple[datetime, int]]]:
+        """The ``n`` oldest due rows of each tenant (not in ``taken``), locked; one statement for all.
+
+        PENDING and expired LEASED rows are read apart: each part then follows the ``(state, org_id,
+        next_attempt_at)`` index and stops after ``n`` rows, where one OR of both would sort every row."""
+        pending = and_(Outbox.state == OutboxState.PENDING, Outbox.next_attempt_at <= now)
+        expired = and_(Outbox.state == OutboxState.LEASED, Outbox.lease_expires_at < now)
+        parts = []
+        for tenant in tenants:
+            for due, order in ((pending, Outbox.next_attempt_at), (expired, Outbox.lease_expires_at)):
+                where = and_(due, Outbox.org_id == tenant)
+                if tasks is not None:
+                    where = and_(where, self._of_tasks(tasks))
+                if taken:
+                    where = and_(where, Outbox.id.not_in(list(taken)))
+                oldest = (select(Outbox.id, Outbox.org_id, Outbox.next_attempt_at).where(where)
+                          .order_by(order, Outbox.id).limit(n).with_for_update(skip_locked=True).subquery())
+                parts.append(select(oldest.c.id, oldest.c.org_id, oldest.c.next_attempt_at))
+        out: dict[str, list[tuple[datetime, int]]] = {tenant: [] for tenant in tenants}
+        for row in session.execute(union_all(*parts)):
+            out[row.org_id].append((row.next_attempt_at, row.id))
+        return out
+
+    def _tenants_with_work(self, session: Session, limit: int) -> list[str]:
+        """Tenants with PENDING or LEASED rows, at most ``limit``, in org_id order after ``_after_tenant``
+        and then from the start: one index seek each (a loose index scan), whatever the rows per tenant."""
+        found: list[str] = []
+        for after in (self._after_tenant, ""):
+            for state in (OutboxState.PENDING, OutboxState.LEASED):
+                found += [t for t in _walk_tenants(session, state.value, after, limit) if t not in found]
+            if after == "" or len(found) >= limit:
+                break
+        ahead = sorted(t for t in found if t > self._after_tenant)
+        behind = sorted(t for t in found if t <= self._after_tenant)
+        return (ahead + behind)[:limit]
 
     # --------------------------------------------------------------- finishing
 
@@ -335,3 +399,31 @@ class OutboxQueue:
             .execution_options(synchronize_session=False)
         )
         return cast(CursorResult[Any], result).rowcount == 1
+
+
+# A loose index scan: the next org_id after the last one found, one index seek per step (SQLite and
+# PostgreSQL alike; the casts keep PostgreSQL's recursive-term types identical).
+_WALK_TENANTS = text("""
+WITH RECURSIVE walk(org_id, n) AS (
+    SELECT CAST((SELECT MIN(org_id) FROM outbox WHERE state = :state AND org_id > :after) AS TEXT), 1
+    UNION ALL
+    SELECT CAST((SELECT MIN(o.org_id) FROM outbox o WHERE o.state = :state AND o.org_id > walk.org_id) AS TEXT),
+           walk.n + 1
+    FROM walk WHERE walk.org_id IS NOT NULL AND walk.n < :cap
+)
+SELECT org_id FROM walk WHERE org_id IS NOT NULL
+""")
+
+
+def _walk_tenants(session: Session, state: str, after: str, cap: int) -> list[str]:
+    return [str(t) for t in session.scalars(_WALK_TENANTS, {"state": state, "after": after, "cap": cap})]
+
+
+def _round_robin(queues: Sequence[list[int]], limit: int) -> list[int]:
+    """The first of each queue in turn, then the second of each, ... up to ``limit`` items."""
+    out: list[int] = []
+    depth = 0
+    while len(out) < limit and any(depth < len(q) for q in queues):
+        out += [q[depth] for q in queues if depth < len(q)][: limit - len(out)]
+        depth += 1
+    return out

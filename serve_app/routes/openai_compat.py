@@ -30,7 +30,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
 async def create_embeddings(
-    body: EmbeddingsRequest, services: ServicesDep, _principal: EmbeddingsPrincipalDep
+    body: EmbeddingsRequest, services: ServicesDep, principal: EmbeddingsPrincipalDep
 ) -> Response:
     """Embed a string or a list of strings, as OpenAI's embeddings API does."""
     settings = services.settings
@@ -53,7 +53,7 @@ async def create_embeddings(
                        f"model {spec.name!r} produces {spec.dimension} dimensions; got dimensions={body.dimensions}",
                        field="dimensions")
 
-    output = await services.embedders.embed(spec.name, texts)
+    output = await services.embedders.embed(spec.name, texts, tenant=principal.org_id)
     vectors = output.vectors
     if body.encoding_format == "base64":
         little_endian = vectors.astype("<f4", copy=False)

@@ -71,7 +71,7 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
     else:
         await require_real_embeddings(services)
         assert body.query is not None
-        output = await services.embedders.embed(spec.name, [body.query])
+        output = await services.embedders.embed(spec.name, [body.query], tenant=principal.org_id)
         vector = output.vectors[0].tolist()
     route = await _routes(services).aresolve(principal.org_id, spec.name)
     hits = await _store(services).search(

@@ -54,10 +54,10 @@ class GatedEmbedderClient:
     def served_models(self) -> list[str]:
         return list(self.inner.served_models())
 
-    async def embed(self, model: str, texts: list[str]) -> EmbedOutput:
+    async def embed(self, model: str, texts: list[str], tenant: str = "(unnamed)") -> EmbedOutput:
         self.waiting += 1
         await self.release.wait()
-        return await self.inner.embed(model, texts)
+        return await self.inner.embed(model, texts, tenant)
 
     async def info(self, model: str) -> dict[str, Any]:
         return dict(await self.inner.info(model))

@@ -201,3 +201,48 @@ def test_claim_respects_limit(session_factory: sessionmaker[Session], limit: int
     claimed = _queue(session_factory, "relay").claim(limit)
     assert len(claimed) == min(limit, 3)
     assert all(m.task == "embed" and m.attempts == 1 for m in claimed)
+
+
+def _tenant_jobs(factory: sessionmaker[Session], org: str, n: int) -> list[str]:
+    segments = [EmbedSegment("asset", f"{org}-seg-{i}", f"text {org} {i}", "minilm-l6-v2", "1") for i in range(n)]
+    with factory() as session:
+        return [c.job.id for c in JobRepository(session).create_embed_jobs(org, "u", segments, None)]
+
+
+@pytest.mark.parametrize("fair", [True, False], ids=["fair", "fifo-negative-control"])
+def test_a_few_jobs_are_claimed_in_the_next_batch_while_another_tenant_drains_a_backlog(
+    session_factory: sessionmaker[Session], fair: bool,
+) -> None:
+    backlog = set(_tenant_jobs(session_factory, "org-backlog", 600))
+    queue = OutboxQueue(session_factory, "relay", lease_s=30, max_attempts=3, backoff_base_s=0.5,
+                        backoff_max_s=10.0, fair=fair)
+    first = queue.claim(64)
+    assert {m.job_id for m in first} <= backlog and len(first) == 64
+    few = set(_tenant_jobs(session_factory, "org-few", 5))  # arrive while the backlog drains
+    batches: list[list[ClaimedMessage]] = [first]
+    while batch := queue.claim(64):
+        batches.append(batch)
+        for msg in batch:
+            assert queue.complete(msg, {})
+    claimed = [m.job_id for batch in batches for m in batch]
+    assert sorted(claimed) == sorted(backlog | few)  # every job claimed exactly once, nothing lost
+    few_in = [i for i, batch in enumerate(batches) if any(m.job_id in few for m in batch)]
+    if fair:
+        assert few_in == [1], few_in  # all five in the very next batch, beside 59 of the backlog
+        assert sum(m.job_id in backlog for m in batches[1]) == 59
+    else:  # oldest first whoever they belong to: the few wait for the whole backlog
+        assert min(few_in) >= 9, few_in
+
+
+def test_claims_rotate_over_more_tenants_than_one_batch_holds(session_factory: sessionmaker[Session]) -> None:
+    tenants = [f"org-{i:02d}" for i in range(10)]
+    for org in tenants:
+        _tenant_jobs(session_factory, org, 3)
+    queue = _queue(session_factory, "relay")
+    seen: list[set[str]] = []
+    for _ in range(3):
+        batch = queue.claim(4)
+        assert len(batch) == 4
+        seen.append({m.payload["org_id"] for m in batch})
+        assert len(seen[-1]) == 4  # one row from each of four tenants, not four of one
+    assert set().union(*seen) == set(tenants)  # within three claims every tenant had a turn

@@ -51,7 +51,7 @@ def _legacy_mock_job(factory: sessionmaker[Session]) -> str:
                         job_key=f"legacy-{job_id}", attempts=0, created_at=now, updated_at=now))
         session.flush()
         session.execute(insert(Outbox).values(
-            job_id=job_id, task=EMBED_TASK, state=OutboxState.PENDING, attempts=0, next_attempt_at=now,
+            job_id=job_id, org_id=ORG, task=EMBED_TASK, state=OutboxState.PENDING, attempts=0, next_attempt_at=now,
             created_at=now, updated_at=now,
             payload={"org_id": ORG, "asset_id": "old", "segment_id": "s", "text": "", "model": "mock",
                      "model_version": "v1", "job_id": job_id}))
