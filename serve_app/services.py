@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serve_app.embedder_client import EmbedderClient
+from serve_app.errors import ApiError
 from serve_app.settings import Settings
+
+if TYPE_CHECKING:
+    from deployments.vector_store import AsyncVectorStore
+    from serve_app.db.database import Database
+    from serve_app.routing import RouteResolver
+
+RETRY_SOON = {"Retry-After": "5"}
 
 
 @dataclass
@@ -20,3 +28,22 @@ class Services:
     db: Any | None = None  # serve_app.db.database.Database
     routes: Any | None = None  # serve_app.routing.RouteResolver (per-tenant live collections)
     switches: Any | None = None  # serve_app.switches.SwitchReader of real_embeddings (None: the Settings value)
+
+    # The one place a route learns that a part it needs is missing: 503 with Retry-After.
+    def require_db(self) -> Database:
+        if self.db is None:
+            raise ApiError(503, "database_unavailable", "the job database is not configured", headers=RETRY_SOON)
+        db: Database = self.db
+        return db
+
+    def require_routes(self) -> RouteResolver:
+        if self.routes is None:
+            raise ApiError(503, "database_unavailable", "the job database is not configured", headers=RETRY_SOON)
+        routes: RouteResolver = self.routes
+        return routes
+
+    def require_store(self) -> AsyncVectorStore:
+        if self.store is None:
+            raise ApiError(503, "store_unavailable", "the vector store is not configured", headers=RETRY_SOON)
+        store: AsyncVectorStore = self.store
+        return store

@@ -46,9 +46,7 @@ def _not_found(job_id: str) -> ApiError:
 
 
 async def _with_repo(services: Services, work: Callable[[JobRepository], _T]) -> _T:
-    db = services.db
-    if db is None:
-        raise ApiError(503, "database_unavailable", "the job database is not configured", headers={"Retry-After": "5"})
+    db = services.require_db()
 
     def run() -> _T:
         with db.sessions() as session:

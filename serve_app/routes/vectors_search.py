@@ -8,12 +8,11 @@ import math
 from fastapi import APIRouter, Path
 
 from deployments.mock_vectors import MOCK_MODEL
-from deployments.vector_store import AsyncVectorStore, parse_collection_name
+from deployments.vector_store import parse_collection_name
 from serve_app.deps import PrincipalDep, ServicesDep
 from serve_app.errors import ApiError
 from serve_app.models_check import resolve_model
 from serve_app.routes.openai_compat import ERROR_RESPONSES
-from serve_app.routing import RouteResolver
 from serve_app.schemas import (
     DeleteAssetResponse,
     SearchRequest,
@@ -22,7 +21,6 @@ from serve_app.schemas import (
     TenantRouteView,
     VectorStats,
 )
-from serve_app.services import Services
 from serve_app.switches import real_embeddings_enabled, require_real_embeddings
 
 router = APIRouter(prefix="/vectors", tags=["vectors"])
@@ -35,20 +33,6 @@ def _model_of(collection: str) -> str:
         return parse_collection_name(collection)[0]
     except ValueError:
         return collection
-
-
-def _routes(services: Services) -> RouteResolver:
-    if services.routes is None:
-        raise ApiError(503, "database_unavailable", "the job database is not configured", headers={"Retry-After": "5"})
-    resolver: RouteResolver = services.routes
-    return resolver
-
-
-def _store(services: Services) -> AsyncVectorStore:
-    if services.store is None:
-        raise ApiError(503, "store_unavailable", "the vector store is not configured", headers={"Retry-After": "5"})
-    store: AsyncVectorStore = services.store
-    return store
 
 
 @router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
@@ -73,8 +57,8 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
         assert body.query is not None
         output = await services.embedders.embed(spec.name, [body.query], tenant=principal.org_id)
         vector = output.vectors[0].tolist()
-    route = await _routes(services).aresolve(principal.org_id, spec.name)
-    hits = await _store(services).search(
+    route = await services.require_routes().aresolve(principal.org_id, spec.name)
+    hits = await services.require_store().search(
         route.live, principal.org_id, vector, limit=body.limit, asset_id=body.asset_id,
         score_threshold=body.score_threshold, with_payload=SEARCH_PAYLOAD_FIELDS)
     return SearchResponse(
@@ -91,7 +75,7 @@ async def delete_asset(
 ) -> DeleteAssetResponse:
     """Delete this tenant's points of ``asset_id`` in every collection, every model and version (other
     tenants untouched): a rollback or a migration's target can never bring a deleted asset back."""
-    store = _store(services)
+    store = services.require_store()
     collections = await store.list_collections()
     deleted = 0
     models: set[str] = set()
@@ -107,10 +91,10 @@ async def delete_asset(
 async def stats(services: ServicesDep, principal: PrincipalDep) -> VectorStats:
     """This tenant's point counts per model (live collection) and per collection, and each model's route:
     which collection is live and whether a migration is running or a rollback is possible."""
-    store = _store(services)
+    store = services.require_store()
     per_collection: dict[str, int] = await store.stats(principal.org_id)
     models = sorted({*services.embedders.served_models(), MOCK_MODEL})
-    routes = await asyncio.to_thread(_routes(services).routes_of, principal.org_id, models)
+    routes = await asyncio.to_thread(services.require_routes().routes_of, principal.org_id, models)
     views = {model: TenantRouteView(**{**route.as_dict(), "live_points": per_collection.get(route.live, 0)})
              for model, route in routes.items()}
     return VectorStats(org_id=principal.org_id, models={m: v.live_points for m, v in views.items()},

@@ -70,9 +70,7 @@ async def _live_versions(services: Services, org_id: str, segments: list[EmbedSe
 
 async def _create(services: Services, org_id: str, sub: str, segments: list[EmbedSegment],
                   idempotency_key: str | None, body_hash: str) -> list[CreatedJob]:
-    db = services.db
-    if db is None:
-        raise ApiError(503, "database_unavailable", "the job database is not configured", headers={"Retry-After": "5"})
+    db = services.require_db()
 
     def work() -> list[CreatedJob]:
         with db.sessions() as session:
