@@ -96,12 +96,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"heimdex test state (Ray logs, data; removed after a passing session): {_SESSION_STATE['state']}"
+    return f"heimdex test state (Ray logs, data; kept after a failing session): {_SESSION_STATE['state']}"
+
+
+_EXIT: dict[str, int] = {}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if exitstatus == 0 and "state" in _SESSION_STATE:
-        shutil.rmtree(_SESSION_STATE["state"], ignore_errors=True)
+    _EXIT["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the state dir, unless a failing session left Ray logs in it to read."""
+    state = _SESSION_STATE.get("state")
+    if state is not None and (_EXIT.get("status") == 0 or not (state / "ray").exists()):
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _start_head(state: Path) -> tuple[Any, int, dict[str, str]]:
