@@ -29,8 +29,14 @@ run: install
 stop:
 	@if [ -x $(BIN)/heimdex ]; then $(BIN)/heimdex down; else echo "nothing to stop"; fi
 
+# With HEIMDEX_TEST_PG_URL set (CI sets it), the app suites (serve, write path, fault) run a second
+# time with the app itself on PostgreSQL; SQLite is the first run's (and the default's) database.
 test: install
 	$(BIN)/python -m pytest -q
+	@if [ -n "$$HEIMDEX_TEST_PG_URL" ]; then \
+	  echo "== the app suites again, the app on PostgreSQL"; \
+	  HEIMDEX_TEST_APP_DB=postgresql $(BIN)/python -m pytest -q -m serve tests/serve tests/fault; \
+	fi
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests/unit

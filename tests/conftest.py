@@ -86,17 +86,65 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # Short: Ray's socket paths under <state>/ray/session_*/sockets must stay under 107 bytes.
     state = Path(tempfile.mkdtemp(prefix="hx-test-", dir="/tmp"))
+    app_db = _app_database()
     prepare_inprocess_env(state, "heimdex-store-test", {
         # Short leases so reclaim-after-crash tests finish quickly; batches take far less.
         "HEIMDEX_RELAY_LEASE_S": "8",
         "HEIMDEX_RELAY_BACKOFF_BASE_S": "0.2",
         "HEIMDEX_RELAY_BACKOFF_MAX_S": "2",
+        **({"HEIMDEX_DATABASE_URL": app_db} if app_db else {}),
     })
     _SESSION_STATE.update(state=state, token_path=state / "ray_auth_token", data_dir=state / "data")
 
 
+# HEIMDEX_TEST_APP_DB=postgresql runs the session's app (Gateway, relay, re-embed jobs) on a fresh
+# PostgreSQL database (from HEIMDEX_TEST_PG_URL) instead of the SQLite file; `make test` does so for
+# the app suites when HEIMDEX_TEST_PG_URL is set, as CI does.
+APP_DB_ENV = "HEIMDEX_TEST_APP_DB"
+_APP_DB: dict[str, str] = {}
+
+
+def _app_database() -> str | None:
+    """A fresh PostgreSQL database for the app when HEIMDEX_TEST_APP_DB=postgresql, else None (SQLite)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    wanted = os.environ.get(APP_DB_ENV, "sqlite")
+    if wanted == "sqlite":
+        return None
+    if wanted != "postgresql":
+        raise pytest.UsageError(f"{APP_DB_ENV} must be sqlite or postgresql, not {wanted!r}")
+    admin_url = os.environ.get("HEIMDEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    name = f"heimdex_app_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    _APP_DB.update(admin=admin_url, name=name)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_app_database() -> None:
+    from sqlalchemy import create_engine, text
+
+    if not _APP_DB:
+        return
+    admin = create_engine(_APP_DB["admin"], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{_APP_DB["name"]}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"heimdex test state (Ray logs, data; kept after a failing session): {_SESSION_STATE['state']}"
+    app_db = f"PostgreSQL database {_APP_DB['name']}" if _APP_DB else "SQLite"
+    return (f"heimdex test state (Ray logs, data; kept after a failing session): {_SESSION_STATE['state']}; "
+            f"the app's database: {app_db}")
 
 
 _EXIT: dict[str, int] = {}
@@ -107,7 +155,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Remove the state dir, unless a failing session left Ray logs in it to read."""
+    """Remove the state dir, unless a failing session left Ray logs in it to read; drop the app's database."""
+    _drop_app_database()
     state = _SESSION_STATE.get("state")
     if state is not None and (_EXIT.get("status") == 0 or not (state / "ray").exists()):
         shutil.rmtree(state, ignore_errors=True)
