@@ -5,6 +5,11 @@ point IDs for the target version, skip points already written) → :class:`jobs.
 (an actor pool running the online backend code) → :class:`jobs.qdrant_sink.QdrantDatasink`
 (per-tenant batched upserts through the store actor).
 
+Cross-model: ``--source collection:minilm-l6-v2 --model all-mpnet-base-v2`` moves each tenant's route of the
+SOURCE model (the name its requests use) onto a new version of ``--model``'s collection
+(:func:`jobs.migration.route_model_of`); ``--rollback --model minilm-l6-v2`` returns it. The Serve app must serve
+both models for the whole migration (:func:`check_served`).
+
 Blue-green: rows land in ``embeddings__{model}__{to_version}``; once per-tenant counts check out
 (target count == source rows - failed rows) the alias ``embeddings__{model}`` is switched to it
 (``--no-switch`` leaves it). ``--dry-run`` reports what would happen and writes nothing;
@@ -80,8 +85,11 @@ def build_arg_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="python -m jobs.reembed", description="Re-embed stored or file rows into a model version.",
         add_help=add_help,
     )
-    parser.add_argument("--source", help="collection:<model>[@<version>] | jsonl:<path> | parquet:<path>")
-    parser.add_argument("--model", required=True, help="registry model to embed with")
+    parser.add_argument("--source", help="collection:<model>[@<version>] | jsonl:<path> | parquet:<path>; another "
+                                         "model's collections than --model's move that model's routes (cross-model)")
+    parser.add_argument("--model", required=True,
+                        help="registry model to embed with (with --rollback/--finalize: the route's, i.e. the model "
+                             "the tenant's requests name)")
     parser.add_argument("--to-version", default=None, help="target version (default: the registry version)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per embedding batch")
     parser.add_argument("--concurrency", type=int, default=None, help="embedding actors (default: from cluster)")
