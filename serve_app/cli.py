@@ -232,10 +232,11 @@ def print_routes(org: str | None) -> None:
     if not routes:
         print("every tenant reads its model's registry collection (no re-embed has moved one)")
         return
-    print(f"{'org':<20} {'model':<16} {'state':<10} {'live':<34} {'pending / previous':<34} job")
+    # A cross-model migration shows as a model whose live collection names another model.
+    print(f"{'org':<20} {'model':<18} {'state':<10} {'live':<40} {'pending / previous':<40} job")
     for r in routes:
         other = r.pending or r.previous or "-"
-        print(f"{r.org_id:<20} {r.model:<16} {r.state:<10} {r.live:<34} {other:<34} {r.job_id or '-'}")
+        print(f"{r.org_id:<20} {r.model:<18} {r.state:<10} {r.live:<40} {other:<40} {r.job_id or '-'}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

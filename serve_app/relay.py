@@ -40,6 +40,7 @@ from deployments.vector_store.payloads import segment_payload
 from serve_app.db.database import Database
 from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
+from serve_app.db.routes import Route
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.logging_setup import configure_logging, fields
 from serve_app.reembed_args import ReembedArgs
@@ -57,11 +58,14 @@ SWITCHED_OFF_TASKS = frozenset({EMBED_MOCK_TASK})
 CRASH_POINTS = frozenset({"after_claim", "after_upsert"})
 # Longest pause between two polls of an outbox that has stayed empty.
 RELAY_IDLE_POLL_MAX_S = 0.25
+# Per embedding model: message index in the group -> (vector, tokens fed to the model, truncated).
+Embedded = dict[str, dict[int, tuple[Any, int, bool]]]
 
 
-def point_payload(msg: ClaimedMessage, model_version: str) -> dict[str, Any]:
+def point_payload(msg: ClaimedMessage, model: str, model_version: str) -> dict[str, Any]:
+    """A point's payload in a collection of ``model`` (the collection's own model, as the bulk job writes it)."""
     p = msg.payload
-    return segment_payload(p["org_id"], p["asset_id"], p["segment_id"], p["model"], model_version,
+    return segment_payload(p["org_id"], p["asset_id"], p["segment_id"], model, model_version,
                            str(p.get("text") or ""), datetime.now(UTC).isoformat(), job_id=msg.job_id)
 
 
@@ -133,45 +137,52 @@ class RelayCore:
         await asyncio.gather(*(self._embed_group(model, group) for model, group in by_model.items()))
 
     async def _embed_group(self, model: str, messages: list[ClaimedMessage]) -> None:
+        """Embed and upsert one model's messages. ``model`` is the model the writes NAMED; each tenant's route
+        says which collections they reach, and each collection gets the vector of the model it was built with
+        (a tenant migrating minilm -> mpnet gets a MiniLM vector in its live collection and an mpnet vector in
+        the pending one: one embedding per distinct model, shared by the tenants that need it)."""
         try:
-            if model == MOCK_MODEL:
-                vectors = [mock_vector(m.payload["org_id"], m.payload["asset_id"], m.payload["segment_id"])
-                           for m in messages]
-                token_counts = [0] * len(messages)
-                truncated = [False] * len(messages)
-            else:
-                output = await self.embedders.embed(model, [str(m.payload["text"]) for m in messages])
-                vectors = list(output.vectors)
-                token_counts, truncated = output.token_counts, output.truncated
+            tenants = sorted({m.payload["org_id"] for m in messages})
+            routes = {t: await self.routes.aresolve(t, model) for t in tenants}
+            outputs: Embedded = {}
+            await self._embed_for(messages, routes, outputs)
             alive = await asyncio.to_thread(self.queue.mark_running_many, messages, "upserting", 70)
             keep = [i for i, ok in enumerate(alive) if ok]
             by_tenant: dict[str, list[int]] = defaultdict(list)
             for i in keep:
                 by_tenant[messages[i].payload["org_id"]].append(i)
-            written: dict[int, tuple[str, str, list[str]]] = {}
+            # Asked again right before the upsert (cached for at most ROUTE_CACHE_TTL_S): a migration that began
+            # meanwhile is seen, and a model it adds is embedded now.
+            routes = {t: await self.routes.aresolve(t, model) for t in by_tenant}
+            await self._embed_for(messages, routes, outputs)
+            written: dict[int, tuple[str, str, str, list[str]]] = {}
             for tenant, rows in by_tenant.items():
                 # The tenant's route says where its vectors live now: live, plus the collection a running
-                # migration fills (or the one a rollback would return to). Each version has its own point ID.
-                route = await self.routes.aresolve(tenant, model)
+                # migration fills (or the one a rollback would return to). Each (model, version) has its own IDs.
+                route = routes[tenant]
                 for target in route.write_targets:
-                    target_version = parse_collection_name(target)[1]
+                    target_model, target_version = parse_collection_name(target)
+                    vectors = outputs[target_model]
                     points = [PointRecord(point_id_for(tenant, messages[i].payload["asset_id"],
-                                                       messages[i].payload["segment_id"], model, target_version),
-                                          vectors[i], point_payload(messages[i], target_version)) for i in rows]
+                                                       messages[i].payload["segment_id"], target_model, target_version),
+                                          vectors[i][0], point_payload(messages[i], target_model, target_version))
+                              for i in rows]
                     await self.store.upsert(target, tenant, points, wait=True)
                     if target == route.live:
                         for i, point in zip(rows, points, strict=True):
-                            written[i] = (point.id, target_version, route.write_targets)
+                            written[i] = (point.id, target_model, target_version, route.write_targets)
             self._maybe_crash("after_upsert")
             results = []
             for i in keep:
                 p = messages[i].payload
-                pid, live_version, targets = written[i]
+                pid, live_model, live_version, targets = written[i]
+                vector, tokens, truncated = outputs[live_model][i]
                 results.append((messages[i], {
                     "org_id": p["org_id"], "asset_id": p["asset_id"], "segment_id": p["segment_id"],
                     "point_id": pid, "collection": targets[0], "collections": targets, "model": model,
-                    "model_version": live_version, "vector_size": len(vectors[i]), "tokens": int(token_counts[i]),
-                    "truncated": bool(truncated[i]), "completed_at": datetime.now(UTC).isoformat(),
+                    "embedding_model": live_model, "model_version": live_version, "vector_size": len(vector),
+                    "tokens": tokens, "truncated": truncated,
+                    "completed_at": datetime.now(UTC).isoformat(),
                 }))
             done = await asyncio.to_thread(self.queue.complete_many, results)
             self.delivered += sum(done)
@@ -180,6 +191,27 @@ class RelayCore:
             logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc, extra=fields(
                 job_ids=[m.job_id for m in messages][:20], model=model, stage="embed_upsert", count=len(messages)))
             await self._fail(messages, f"{type(exc).__name__}: {str(exc)[:500]}")
+
+    async def _embed_for(self, messages: list[ClaimedMessage], routes: dict[str, Route], outputs: Embedded) -> None:
+        """Fill ``outputs[model][i]`` (vector, tokens, truncated) for every message ``i`` whose tenant's route
+        (in ``routes``) writes into a collection of ``model`` and that has no such vector yet: one call per
+        model, holding only the messages that need it (an mpnet pass only for tenants migrating to mpnet)."""
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for i, msg in enumerate(messages):
+            route = routes.get(msg.payload["org_id"])
+            for embed_model in route.write_models if route is not None else []:
+                if i not in outputs.get(embed_model, {}):
+                    wanted[embed_model].append(i)
+        for embed_model, rows in wanted.items():
+            done = outputs.setdefault(embed_model, {})
+            if embed_model == MOCK_MODEL:
+                for i in rows:
+                    p = messages[i].payload
+                    done[i] = (mock_vector(p["org_id"], p["asset_id"], p["segment_id"]), 0, False)
+                continue
+            output = await self.embedders.embed(embed_model, [str(messages[i].payload["text"]) for i in rows])
+            for k, i in enumerate(rows):
+                done[i] = (output.vectors[k], int(output.token_counts[k]), bool(output.truncated[k]))
 
     async def _submit_reembed(self, msg: ClaimedMessage) -> None:
         """Hand a re-embed job to Ray Jobs. The submission id is derived from the job id, so a
@@ -221,7 +253,8 @@ class RelayCore:
         return {"owner": self.owner, "delivered": self.delivered, "failed_attempts": self.failed_attempts,
                 "dead_letters": self.dead_letters, "outbox": self.queue.counts_by_state(),
                 "oldest_due_age_s": self.queue.oldest_due_age_s(),
-                "real_embeddings": "on" if self.real_embeddings.get() else "off"}
+                "real_embeddings": "on" if self.real_embeddings.get() else "off",
+                "served_models": self.embedders.served_models()}
 
 
 @serve.deployment(

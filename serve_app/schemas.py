@@ -118,7 +118,9 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     query: str | None
     limit: int
-    model: str
+    model: str = Field(description="The model the request named (or the default): the tenant route searched.")
+    embedding_model: str = Field(description="The model that embedded the query: the one the tenant's live "
+                                 "collection was built with (differs from `model` after a cross-model migration).")
 
 
 class DeleteAssetResponse(BaseModel):
@@ -131,6 +133,7 @@ class TenantRouteView(BaseModel):
     """Where one model's vectors of the tenant live, and whether a migration holds them."""
 
     live: str = Field(description="The collection search reads and writes land in.")
+    live_model: str = Field(description="The model `live` holds vectors of: it embeds this route's queries.")
     state: str = Field(description="steady | migrating (a re-embed fills `pending`) | switched (`previous` kept).")
     pending: str | None = Field(None, description="The collection a running re-embed fills (writes reach it too).")
     previous: str | None = Field(None, description="The collection a rollback returns to (writes reach it too).")
@@ -186,7 +189,9 @@ class EmbedJobAccepted(BaseModel):
     asset_id: str
     segment_id: str
     model: str
-    model_version: str
+    model_version: str = Field(description="The version of the tenant's live collection for `model`.")
+    embedding_model: str = Field(description="The model that collection holds vectors of (differs from `model` "
+                                 "after a cross-model migration); `point_id` is its point there.")
     point_id: str
 
 

@@ -108,6 +108,14 @@ def _check_mean_pooling(weights_dir: Path) -> None:
         raise ValueError(f"ONNX export supports mean pooling only; {config_file} asks for {others or 'none'}")
 
 
+def input_names(encoder: Any) -> tuple[str, ...]:
+    """The graph inputs for ``encoder``: the INPUT_NAMES its ``forward`` accepts, in that order."""
+    import inspect
+
+    accepted = inspect.signature(encoder.forward).parameters
+    return tuple(name for name in INPUT_NAMES if name in accepted)
+
+
 def _export_fp32(spec: ModelSpec, out_file: Path) -> None:
     """Trace transformer + mean pooling to an fp32 ONNX file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,17 +128,19 @@ def _export_fp32(spec: ModelSpec, out_file: Path) -> None:
     encoder = AutoModel.from_pretrained(str(weights), attn_implementation="eager")
     encoder.eval()
 
+    # BERT-style encoders (MiniLM) take token_type_ids; MPNet has none, so its graph has two inputs
+    # (OnnxBackend feeds token_type_ids only to a graph that declares it).
+    names = input_names(encoder)
+
     class MeanPooled(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> torch.Tensor:
-            hidden = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            features = dict(zip(names, inputs, strict=True))
+            hidden = self.inner(**features).last_hidden_state
+            attention_mask = features["attention_mask"]
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             summed = (hidden * mask).sum(dim=1)
             counts = mask.sum(dim=1).clamp(min=1e-9)
@@ -139,7 +149,7 @@ def _export_fp32(spec: ModelSpec, out_file: Path) -> None:
     wrapper = MeanPooled(encoder).eval()
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic[OUTPUT_NAME] = {0: "batch"}
     with torch.inference_mode(), warnings.catch_warnings():
         # The legacy exporter's deprecation notice and tracer warnings about shape-derived Python
@@ -147,9 +157,9 @@ def _export_fp32(spec: ModelSpec, out_file: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
-            (ids, mask, torch.zeros_like(ids)),
+            (ids, mask, torch.zeros_like(ids))[: len(names)],
             str(out_file),
-            input_names=list(INPUT_NAMES),
+            input_names=list(names),
             output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic,
             opset_version=OPSET,

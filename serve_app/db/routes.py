@@ -8,7 +8,13 @@ A tenant without a row reads and writes its model's registry collection
        ^                 │abort                 │rollback (live <-> previous, stays switched)
        └─────────────────┘                      v
 
-and every writer upserts into :attr:`Route.write_targets`: ``live``, plus ``pending`` while
+A route is keyed by the model a tenant's requests NAME (e.g. ``minilm-l6-v2``); its collections may hold
+another model's vectors after a cross-model migration (``live = embeddings__all-mpnet-base-v2__v2``).
+Every reader and writer embeds with the model of the collection it reads or writes
+(:func:`collection_model`), never with the name the request used, so a 768-d vector never meets a
+384-d collection.
+
+Every writer upserts into :attr:`Route.write_targets`: ``live``, plus ``pending`` while
 migrating (so writes accepted during the run are in the target when it switches) and ``previous``
 while switched (so a rollback loses none of the writes made since). Point IDs are deterministic per
 (model, version), so the double writes are harmless. Every change is one transaction and bumps
@@ -24,10 +30,16 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deployments.vector_store.base import parse_collection_name
 from serve_app.db.models import RouteState, TenantCollection, utcnow
 
 # How long a reader may keep a route before asking the database again (seconds).
 ROUTE_CACHE_TTL_S = 1.0
+
+
+def collection_model(collection: str) -> str:
+    """The model whose vectors ``collection`` holds: its name says so (``embeddings__{model}__{version}``)."""
+    return parse_collection_name(collection)[0]
 
 
 class RouteConflictError(RuntimeError):
@@ -55,12 +67,23 @@ class Route:
         return [self.live] if extra is None or extra == self.live else [self.live, extra]
 
     @property
+    def live_model(self) -> str:
+        """The model that embeds this tenant's queries: the one its live collection was built with."""
+        return collection_model(self.live)
+
+    @property
+    def write_models(self) -> list[str]:
+        """The models a write must be embedded with, one per distinct model among the write targets."""
+        return list(dict.fromkeys(collection_model(c) for c in self.write_targets))
+
+    @property
     def collections(self) -> list[str]:
         """Every collection the route names (a delete must reach them all)."""
         return sorted({c for c in (self.live, self.pending, self.previous) if c})
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": self.model, "live": self.live, "state": str(self.state), "pending": self.pending,
+        return {"model": self.model, "live": self.live, "live_model": self.live_model, "state": str(self.state),
+                "pending": self.pending,
                 "previous": self.previous, "job_id": self.job_id, "source": self.source,
                 "verified_at": None if self.verified_at is None else self.verified_at.isoformat(),
                 "generation": self.generation}

@@ -8,6 +8,7 @@ import math
 from fastapi import APIRouter, Path
 
 from deployments.mock_vectors import MOCK_MODEL
+from deployments.registry import get_model
 from deployments.vector_store import parse_collection_name
 from serve_app.deps import PrincipalDep, ServicesDep
 from serve_app.errors import ApiError
@@ -44,20 +45,30 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
     if body.query is not None and not body.query.strip():
         raise ApiError(422, "empty_query", "query is blank", field="query")
     spec = resolve_model(body.model, services.settings.default_model, services.embedders.served_models())
+    # The tenant's route for the model it names; the query is embedded with the model its LIVE collection was
+    # built with (another one after a cross-model migration), so the vector always fits the collection.
+    route = await services.require_routes().aresolve(principal.org_id, spec.name)
+    live = get_model(route.live_model) if route.live_model != spec.name else spec
     if body.vector is not None:
-        if len(body.vector) != spec.dimension:
+        if len(body.vector) != live.dimension:
+            moved = "" if live is spec else f" (this tenant's {spec.name!r} route now lives in {route.live})"
             raise ApiError(422, "dimension_mismatch",
-                           f"vector has {len(body.vector)} dimensions; model {spec.name!r} uses {spec.dimension}",
-                           field="vector")
+                           f"vector has {len(body.vector)} dimensions; model {live.name!r} uses {live.dimension}"
+                           + moved, field="vector")
         if not all(math.isfinite(x) for x in body.vector):
             raise ApiError(422, "non_finite_vector", "vector holds NaN or infinite values", field="vector")
         vector = body.vector
     else:
         await require_real_embeddings(services)
         assert body.query is not None
-        output = await services.embedders.embed(spec.name, [body.query], tenant=principal.org_id)
+        if live.name not in services.embedders.served_models():
+            raise ApiError(503, "live_model_not_served",
+                           f"this tenant's {spec.name!r} vectors live in {route.live}, embedded by {live.name!r}, "
+                           f"which this deployment does not serve (served: "
+                           f"{', '.join(services.embedders.served_models())}); deploy it or roll the tenant back",
+                           field="model", headers={"Retry-After": "30"})
+        output = await services.embedders.embed(live.name, [body.query], tenant=principal.org_id)
         vector = output.vectors[0].tolist()
-    route = await services.require_routes().aresolve(principal.org_id, spec.name)
     hits = await services.require_store().search(
         route.live, principal.org_id, vector, limit=body.limit, asset_id=body.asset_id,
         score_threshold=body.score_threshold, with_payload=SEARCH_PAYLOAD_FIELDS)
@@ -65,7 +76,7 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
         results=[SearchResult(point_id=h.point_id, score=h.score, asset_id=str(h.payload.get("asset_id", "")),
                               segment_id=str(h.payload.get("segment_id", "")),
                               text_preview=str(h.payload.get("text_preview", ""))) for h in hits],
-        query=body.query, limit=body.limit, model=spec.name)
+        query=body.query, limit=body.limit, model=spec.name, embedding_model=live.name)
 
 
 @router.delete("/assets/{asset_id}", response_model=DeleteAssetResponse, responses=ERROR_RESPONSES)

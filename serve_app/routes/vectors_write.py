@@ -56,16 +56,27 @@ def _segment(services: Services, item: EmbedRequest, field_prefix: str) -> Embed
                         model_version=spec.version)
 
 
-async def _live_versions(services: Services, org_id: str, segments: list[EmbedSegment]) -> list[EmbedSegment]:
+async def _live_versions(services: Services, org_id: str,
+                         segments: list[EmbedSegment]) -> tuple[list[EmbedSegment], dict[str, str]]:
     """The segments with the version of the tenant's live collection of their model (a migrated tenant
-    writes, and is answered, in its new version); unchanged without a route resolver."""
+    writes, and is answered, in its new version), and each named model's live-collection model (another
+    model after a cross-model migration); unchanged without a route resolver."""
     if services.routes is None:
-        return segments
+        return segments, {s.model: s.model for s in segments}
     versions: dict[str, str] = {}
+    live_models: dict[str, str] = {}
+    served = services.embedders.served_models()
     for model in {s.model for s in segments}:
         route = await services.routes.aresolve(org_id, model)
-        versions[model] = parse_collection_name(route.live)[1]
-    return [replace(s, model_version=versions[s.model]) for s in segments]
+        live_models[model], versions[model] = parse_collection_name(route.live)
+        # A write reaches every write target, each embedded by its own model: refuse now, not in the relay.
+        missing = [m for m in route.write_models if m not in served and m != MOCK_MODEL]
+        if missing:
+            raise ApiError(503, "live_model_not_served",
+                           f"this tenant's {model!r} writes go to {', '.join(route.write_targets)}, which need "
+                           f"{', '.join(missing)}; this deployment serves {', '.join(served)}: deploy it or roll "
+                           f"the tenant back", field="model", headers={"Retry-After": "30"})
+    return [replace(s, model_version=versions[s.model]) for s in segments], live_models
 
 
 async def _create(services: Services, org_id: str, sub: str, segments: list[EmbedSegment],
@@ -83,11 +94,15 @@ async def _create(services: Services, org_id: str, sub: str, segments: list[Embe
                        "this Idempotency-Key was used with a different request body", field="Idempotency-Key") from None
 
 
-def _accepted(org_id: str, segment: EmbedSegment, created: CreatedJob) -> EmbedJobAccepted:
+def _accepted(org_id: str, segment: EmbedSegment, created: CreatedJob,
+              embedding_model: str | None = None) -> EmbedJobAccepted:
+    """``embedding_model``: the model of the live collection (point IDs are per collection model and version)."""
+    embedding_model = embedding_model or segment.model
     return EmbedJobAccepted(
         job_id=created.job.id, status=str(created.job.status), created=created.created, asset_id=segment.asset_id,
         segment_id=segment.segment_id, model=segment.model, model_version=segment.model_version,
-        point_id=point_id_for(org_id, segment.asset_id, segment.segment_id, segment.model, segment.model_version))
+        embedding_model=embedding_model,
+        point_id=point_id_for(org_id, segment.asset_id, segment.segment_id, embedding_model, segment.model_version))
 
 
 @router.post("/embed", status_code=202, response_model=EmbedJobAccepted, responses=ERROR_RESPONSES)
@@ -96,10 +111,12 @@ async def embed(body: EmbedRequest, services: ServicesDep, principal: PrincipalD
     """Accept one segment: the job, its first event and its outbox row are written in one transaction."""
     check_idempotency_key(idempotency_key)
     await require_real_embeddings(services)
-    segment = (await _live_versions(services, principal.org_id, [_segment(services, body, "")]))[0]
+    found, live_models = await _live_versions(services, principal.org_id, [_segment(services, body, "")])
+    segment = found[0]
     created = await _create(services, principal.org_id, principal.sub, [segment], idempotency_key,
                             request_hash(body.model_dump()))
-    return json_response(_accepted(principal.org_id, segment, created[0]).model_dump(), 202)
+    accepted = _accepted(principal.org_id, segment, created[0], live_models[segment.model])
+    return json_response(accepted.model_dump(), 202)
 
 
 @router.post("/embed:batch", status_code=202, response_model=EmbedBatchAccepted, responses=ERROR_RESPONSES)
@@ -113,10 +130,10 @@ async def embed_batch(body: EmbedBatchRequest, services: ServicesDep, principal:
                        field="segments")
     await require_real_embeddings(services)
     segments = [_segment(services, item, f"segments.{i}.") for i, item in enumerate(body.segments)]
-    segments = await _live_versions(services, principal.org_id, segments)
+    segments, live_models = await _live_versions(services, principal.org_id, segments)
     created = await _create(services, principal.org_id, principal.sub, segments, idempotency_key,
                             request_hash(body.model_dump()))
-    jobs = [_accepted(principal.org_id, s, c) for s, c in zip(segments, created, strict=True)]
+    jobs = [_accepted(principal.org_id, s, c, live_models[s.model]) for s, c in zip(segments, created, strict=True)]
     return json_response(EmbedBatchAccepted(jobs=jobs).model_dump(), 202)
 
 

@@ -105,3 +105,42 @@ def test_cluster_launcher_config_and_dockerfile() -> None:
     assert launcher["docker"]["image"].endswith("-cuda")
     dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
     assert "FROM rayproject/ray:2.60.0" in dockerfile and "download.pytorch.org/whl/cu" in dockerfile
+
+
+def test_two_models_profile_is_serve_config_with_a_second_embedder_that_fits_two_cpus() -> None:
+    """serve_config.two-models.yaml differs from serve_config.yaml only in the models and the Embedders'
+    CPU share, and what it places (one Gateway, the relay, both Embedders) leaves a re-embed room on 2 CPUs."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from jobs.resources import MIN_ACTOR_CPUS, TASK_RESERVE_CPUS
+    from serve_app.app import AppArgs, embedder_name
+
+    source, two = load(ROOT / "serve_config.yaml"), load(ROOT / "serve_config.two-models.yaml")
+    ServeDeploySchema.model_validate(two)
+    args = AppArgs.model_validate(two["applications"][0]["args"])
+    assert args.models == ["minilm-l6-v2", "all-mpnet-base-v2"]
+    names = [embedder_name(m, args.models[0]) for m in args.models]
+    embedders = [deployment(two, name) for name in names]
+    assert [e["ray_actor_options"]["num_cpus"] for e in embedders] == [0.5, 0.5]
+
+    normalised = copy.deepcopy(two)
+    normalised["applications"][0]["args"]["models"] = source["applications"][0]["args"]["models"]
+    normalised["applications"][0]["deployments"] = [d for d in normalised["applications"][0]["deployments"]
+                                                    if d["name"] != names[1]]
+    deployment(normalised, "Embedder")["ray_actor_options"]["num_cpus"] = 1
+    assert normalised == source
+    for second in embedders[1:]:
+        assert {k: v for k, v in second.items() if k != "name"} == {k: v for k, v in embedders[0].items()
+                                                                     if k != "name"}
+
+    from deployments.registry import get_model
+    from serve_app.gateway import Gateway
+    from serve_app.relay import OutboxRelay
+
+    gateway = deployment(two, "Gateway")["ray_actor_options"]["num_cpus"]
+    relay = OutboxRelay.ray_actor_options["num_cpus"]  # type: ignore[attr-defined]
+    assert gateway == Gateway.ray_actor_options["num_cpus"]  # type: ignore[attr-defined]
+    held = gateway * deployment(two, "Gateway")["autoscaling_config"]["max_replicas"] + relay + sum(
+        e["ray_actor_options"]["num_cpus"] for e in embedders)
+    assert held + TASK_RESERVE_CPUS + MIN_ACTOR_CPUS <= 2.0, f"the app holds {held} of 2 CPUs: no room for a re-embed"
+    assert [get_model(m).dimension for m in args.models] == [384, 768]

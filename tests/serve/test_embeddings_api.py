@@ -155,7 +155,8 @@ BAD_INPUTS: list[tuple[str, Any, int, str]] = [
     ("token arrays", {"input": [[1, 2, 3]], "model": MODEL}, 422, "input.0"),
     ("too many items", {"input": ["x"] * 2049, "model": MODEL}, 422, "input"),
     ("unknown model", {"input": ["x"], "model": "gpt-17"}, 404, "model"),
-    ("model not installed", {"input": ["x"], "model": "mpnet-base"}, 400, "model"),
+    # Registered, not deployed by serve_config.yaml: 400 model_not_installed, or model_not_served after `make models`.
+    ("model not served", {"input": ["x"], "model": "all-mpnet-base-v2"}, 400, "model"),
     ("dimensions mismatch", {"input": ["x"], "model": MODEL, "dimensions": 128}, 422, "dimensions"),
     ("bad encoding format", {"input": ["x"], "model": MODEL, "encoding_format": "int8"}, 422, "encoding_format"),
     ("unknown field", {"input": ["x"], "model": MODEL, "temperature": 1}, 422, "temperature"),
@@ -173,7 +174,12 @@ def test_bad_input_is_a_4xx_naming_the_field(serve_app: ServeApp, case: str, pay
     assert error["field"] is not None and error["field"].startswith(field), error
     assert error["message"]
     if case == "unknown model":
-        assert MODEL in error["message"] and "mpnet-base" in error["message"]
+        assert MODEL in error["message"] and "all-mpnet-base-v2" in error["message"]
+    if case == "model not served":
+        from deployments.registry import get_model
+
+        installed = get_model("all-mpnet-base-v2").is_installed()
+        assert error["code"] == ("model_not_served" if installed else "model_not_installed"), error
     assert_still_serving(serve_app, pid)
 
 
@@ -196,7 +202,11 @@ def test_models_health_and_docs(serve_app: ServeApp) -> None:
     models = httpx.get(f"{serve_app.url}/v1/models", timeout=30).json()["data"]
     by_id = {m["id"]: m for m in models}
     assert by_id[MODEL]["installed"] and by_id[MODEL]["served"] and by_id[MODEL]["dimension"] == 384
-    assert by_id["mpnet-base"]["installed"] is False and by_id["mpnet-base"]["served"] is False
+    from deployments.registry import get_model
+
+    mpnet = by_id["all-mpnet-base-v2"]
+    assert mpnet["installed"] is get_model("all-mpnet-base-v2").is_installed() and mpnet["served"] is False
+    assert mpnet["dimension"] == 768
     assert httpx.get(f"{serve_app.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{serve_app.url}/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["checks"][f"model:{MODEL}"] == "ok"
