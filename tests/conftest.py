@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.local import free_port
+from cluster.local import LocalCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "heimdex"
@@ -43,7 +43,7 @@ class RayCluster:
     serve_port: int = 0  # the public port `heimdex up` would call HEIMDEX_PORT
     ingress: str = "direct"
     env: dict[str, str] = field(default_factory=dict, repr=False)  # what `ray start` got (for more nodes)
-    local: Any = None  # the cluster.local.LocalCluster
+    local: LocalCluster | None = None
 
 
 @dataclass
@@ -162,7 +162,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _start_head(state: Path) -> tuple[Any, int, dict[str, str]]:
+def _start_head(state: Path) -> tuple[LocalCluster, int, dict[str, str]]:
     """`heimdex up`'s head on free ports; returns (LocalCluster, public port, the env Ray got).
     Ports are taken by a bind-and-release, so another process can take one before Ray does: retry."""
     from cluster import local
@@ -171,8 +171,8 @@ def _start_head(state: Path) -> tuple[Any, int, dict[str, str]]:
     ingress = Settings().ingress  # what `heimdex up` would use (its default: direct)
     last: Exception | None = None
     for _ in range(START_ATTEMPTS):
-        cluster = local.LocalCluster(state, dashboard_port=free_port(), gcs_port=free_port(),
-                                     client_server_port=free_port())
+        cluster = LocalCluster(state, dashboard_port=free_port(), gcs_port=free_port(),
+                               client_server_port=free_port())
         port = local.free_port_block(local.DIRECT_INGRESS_PORTS, local.PROXY_PORT_OFFSET)
         # The driver (this process) and the `ray`/`serve` CLIs get these too; the ingress flags go to
         # the Ray processes only: the throughput profile would run this driver's handle routers on
@@ -227,6 +227,7 @@ def wait_ready(url: str, timeout_s: float = 240.0) -> None:
 def serve_app(ray_cluster: RayCluster) -> ServeApp:
     from cluster import local
 
+    assert ray_cluster.local is not None
     config = local.render_serve_config(ROOT / "serve_config.yaml", "127.0.0.1", ray_cluster.serve_port,
                                        ray_cluster.ingress)
     local.deploy(ray_cluster.local, config, ray_cluster.local.ray_env())  # `serve deploy`, as `heimdex up`
