@@ -27,14 +27,8 @@ from serve_app.tenant_admission import TenantAdmission, ledger_link
 logger = logging.getLogger("heimdex.gateway")
 
 
-@serve.deployment(
-    name="Gateway",
-    max_ongoing_requests=256,
-    max_queued_requests=1024,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    ray_actor_options={"num_cpus": 0.25},
-)
+# Options (replicas, CPUs, queues, health checks) live in serve_config.yaml only.
+@serve.deployment(name="Gateway")
 @serve.ingress()
 class Gateway:
     def __init__(self, embedders: dict[str, Any], relay: Any = None) -> None:

@@ -257,14 +257,8 @@ class RelayCore:
                 "served_models": self.embedders.served_models()}
 
 
-@serve.deployment(
-    name="OutboxRelay",
-    num_replicas=1,
-    max_ongoing_requests=8,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    ray_actor_options={"num_cpus": 0.1},
-)
+# Options (replicas, CPUs, queues, health checks) live in serve_config.yaml only.
+@serve.deployment(name="OutboxRelay")
 class OutboxRelay:
     def __init__(self, embedders: dict[str, Any]) -> None:
         configure_logging()

@@ -134,13 +134,28 @@ def test_two_models_profile_is_serve_config_with_a_second_embedder_that_fits_two
                                                                      if k != "name"}
 
     from deployments.registry import get_model
-    from serve_app.gateway import Gateway
-    from serve_app.relay import OutboxRelay
 
     gateway = deployment(two, "Gateway")["ray_actor_options"]["num_cpus"]
-    relay = OutboxRelay.ray_actor_options["num_cpus"]  # type: ignore[attr-defined]
-    assert gateway == Gateway.ray_actor_options["num_cpus"]  # type: ignore[attr-defined]
+    relay = deployment(two, "OutboxRelay")["ray_actor_options"]["num_cpus"]
     held = gateway * deployment(two, "Gateway")["autoscaling_config"]["max_replicas"] + relay + sum(
         e["ray_actor_options"]["num_cpus"] for e in embedders)
     assert held + TASK_RESERVE_CPUS + MIN_ACTOR_CPUS <= 2.0, f"the app holds {held} of 2 CPUs: no room for a re-embed"
     assert [get_model(m).dimension for m in args.models] == [384, 768]
+
+
+def test_deployment_options_live_in_the_serve_configs_only() -> None:
+    """Every Serve config names each deployment the app builds, with its CPUs; the decorators carry no
+    options that a config could silently leave to them."""
+    from serve_app.app import AppArgs, embedder_name
+    from serve_app.gateway import Gateway
+    from serve_app.relay import OutboxRelay
+
+    for path in (ROOT / "serve_config.yaml", ROOT / "serve_config.two-models.yaml",
+                 ROOT / "cluster" / "serve_config.gpu.yaml"):
+        config = load(path)
+        args = AppArgs.model_validate(config["applications"][0]["args"])
+        for name in ("Gateway", "OutboxRelay", *(embedder_name(m, args.models[0]) for m in args.models)):
+            assert "num_cpus" in deployment(config, name)["ray_actor_options"], (path.name, name)
+    for decorated in (Gateway, OutboxRelay):
+        options = decorated._deployment_config.user_configured_option_names  # type: ignore[attr-defined]
+        assert options == {"name"}, (decorated, options)
