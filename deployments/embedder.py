@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 from ray import serve
 
 from deployments.backends import EmbeddingBackend, EmbedOutput, load_backend
@@ -59,41 +60,28 @@ CONTENTION_WINDOW_S = 1.0
 PASS_HISTORY = 2048
 
 
-@dataclass
-class EmbedderConfig:
-    """The live-tunable part of an Embedder (its Serve ``user_config``)."""
+class EmbedderConfig(BaseModel):
+    """The live-tunable part of an Embedder (its Serve ``user_config``); an unknown key or a value out of
+    range fails the deploy (the deployment goes UNHEALTHY with the error)."""
 
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # calls per Serve batch
-    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S  # Serve's wait for a batch to fill
-    max_texts_per_pass: int = DEFAULT_MAX_TEXTS_PER_PASS  # the Coalescer's cap on one model pass
-    fair_queueing: bool = True  # per-tenant queues served round-robin; False: one FIFO (arrival order)
-    quantum_texts: int = DEFAULT_QUANTUM_TEXTS  # texts per tenant per round
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: StrictInt = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, description="calls per Serve batch")
+    batch_wait_timeout_s: float = Field(DEFAULT_BATCH_WAIT_TIMEOUT_S, ge=0, le=1,
+                                        description="Serve's wait for a batch to fill")
+    max_texts_per_pass: StrictInt = Field(DEFAULT_MAX_TEXTS_PER_PASS, ge=1, le=65536,
+                                          description="the Coalescer's cap on one model pass")
+    fair_queueing: StrictBool = Field(True, description="per-tenant queues served round-robin; false: one FIFO")
+    quantum_texts: StrictInt = Field(DEFAULT_QUANTUM_TEXTS, ge=1, le=65536, description="texts per tenant per round")
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> EmbedderConfig:
-        unknown = set(raw) - {"max_batch_size", "batch_wait_timeout_s", "max_texts_per_pass", "fair_queueing",
-                              "quantum_texts"}
-        if unknown:
-            raise ValueError(f"unknown Embedder user_config keys: {sorted(unknown)}")
-        fair = raw.get("fair_queueing", True)
-        if not isinstance(fair, bool):
-            raise ValueError("fair_queueing must be true or false")
-        config = cls(
-            max_batch_size=int(raw.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
-            batch_wait_timeout_s=float(raw.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
-            max_texts_per_pass=int(raw.get("max_texts_per_pass", DEFAULT_MAX_TEXTS_PER_PASS)),
-            fair_queueing=fair,
-            quantum_texts=int(raw.get("quantum_texts", DEFAULT_QUANTUM_TEXTS)),
-        )
-        if not 1 <= config.quantum_texts <= 65536:
-            raise ValueError("quantum_texts must be within [1, 65536]")
-        if config.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        if not 1 <= config.max_texts_per_pass <= 65536:
-            raise ValueError("max_texts_per_pass must be within [1, 65536]")
-        if not 0 <= config.batch_wait_timeout_s <= 1:
-            raise ValueError("batch_wait_timeout_s must be within [0, 1]")
-        return config
+        """Validate a ``user_config`` (ValueError, naming the key, for anything wrong)."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ValueError("Embedder user_config: " + "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
 
 
 @dataclass
