@@ -35,6 +35,7 @@ from ray import serve
 
 from deployments.backends import EmbeddingBackend, EmbedOutput, load_backend
 from deployments.fair_queue import DeficitRoundRobin
+from deployments.logging_setup import configure_logging
 from deployments.metrics import EmbedderMetrics
 from deployments.registry import get_model
 from deployments.tenant_labels import UNNAMED_TENANT
@@ -366,15 +367,6 @@ class EmbedderCore:
             raise RuntimeError(f"backend returned a bad vector of shape {probe.vectors.shape}")
 
 
-def _configure_logging() -> None:
-    """JSON logs through Serve's logger (the function lives in serve_app; imported lazily, no FastAPI)."""
-    try:
-        from serve_app.logging_setup import configure_logging
-    except ImportError:  # pragma: no cover
-        return
-    configure_logging()
-
-
 def _node_id() -> str | None:
     try:
         import ray
@@ -397,7 +389,7 @@ class Embedder:
 
     def __init__(self, model: str = "minilm-l6-v2", backend: str | None = None, device: str = "auto",
                  threads: int | None = None) -> None:
-        _configure_logging()
+        configure_logging()
         self.core = EmbedderCore(model, backend=backend, device=device, threads=threads)
         logger.info("embedder ready: %s", self.core.info())
 

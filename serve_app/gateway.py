@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from deployments.logging_setup import configure_logging
 from deployments.vector_store import open_async_store, open_store
 from deployments.vector_store.actor import get_store
 from serve_app.api import create_api
 from serve_app.auth import TokenVerifier
 from serve_app.db.database import Database
 from serve_app.embedder_client import ServeEmbedderClient
-from serve_app.logging_setup import configure_logging
 from serve_app.metrics import MetricsSources
 from serve_app.rate_limit import ConcurrencyGate
 from serve_app.routes import jobs, vectors_search, vectors_write

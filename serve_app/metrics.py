@@ -30,9 +30,9 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.logging_setup import fields
 from deployments.metrics import LATENCY_BUCKETS_S, RayMetrics, in_serve_replica
 from deployments.tenant_labels import TenantLabels
-from serve_app.logging_setup import fields
 
 logger = logging.getLogger("heimdex.access")
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.logging_setup import configure_logging, fields
 from deployments.metrics import RayMetrics
 from deployments.mock_vectors import MOCK_MODEL, mock_vector
 from deployments.point_ids import point_id_for
@@ -42,7 +43,6 @@ from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.db.routes import Route
 from serve_app.embedder_client import ServeEmbedderClient
-from serve_app.logging_setup import configure_logging, fields
 from serve_app.reembed_args import ReembedArgs
 from serve_app.routing import RouteResolver, ensure_model_collections
 from serve_app.settings import Settings, get_settings

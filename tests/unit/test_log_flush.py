@@ -7,7 +7,7 @@ import logging.handlers
 import time
 from pathlib import Path
 
-from serve_app.logging_setup import SERVE_LOGGER, flush_serve_logs, start_log_flusher
+from deployments.logging_setup import SERVE_LOGGER, flush_serve_logs, start_log_flusher
 
 
 def test_buffered_records_are_written_by_the_flusher(tmp_path: Path) -> None:
