@@ -6,7 +6,7 @@ then dynamically quantised to int8 weights with ONNX Runtime (``int8``, made fro
 Nothing here reaches a model hub.
 
 The results are cached at ``$HEIMDEX_ONNX_CACHE/<model>-<version>/model.<precision>.onnx`` when that
-variable is set, else at ``<data_dir>/onnx/<model>-<version>/model.<precision>.onnx``. Each is written
+variable is set, else at ``~/.cache/heimdex/onnx/<model>-<version>/model.<precision>.onnx``. Each is written
 to a temporary file and moved into place with ``os.replace`` under an ``fcntl`` lock, so concurrent
 replicas never read half a file and never export twice at once.
 
@@ -28,7 +28,11 @@ from typing import Any, Literal
 
 from deployments.registry import ModelSpec, get_model
 
+DEFAULT_MODEL = "minilm-l6-v2"
+
 CACHE_ENV = "HEIMDEX_ONNX_CACHE"
+# Exports are keyed by model and version, so every checkout and process on a machine can share them.
+DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "heimdex" / "onnx"
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -76,13 +80,8 @@ def model_filename(precision: Precision) -> str:
 
 def cache_path(spec: ModelSpec, precision: Precision = "int8") -> Path:
     """Where the ``precision`` graph for ``spec`` lives (whether or not it exists yet)."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        base = Path(root)
-    else:
-        from serve_app.settings import get_settings
-
-        base = Path(get_settings().data_dir) / "onnx"
+    root = os.environ.get(CACHE_ENV)  # like the model cache (deployments.model_packages): per machine
+    base = Path(root) if root else DEFAULT_CACHE_ROOT
     return base / f"{spec.name}-{spec.version}" / model_filename(precision)
 
 
@@ -232,18 +231,13 @@ def export_onnx(spec: ModelSpec, precision: Precision = "int8", out_dir: Path | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a registered model to ONNX (fp32 and int8); print the paths.")
-    parser.add_argument("model", nargs="?", default=None, help="registry name (default: settings.default_model)")
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"registry name (default: {DEFAULT_MODEL})")
     parser.add_argument("--precision", choices=PRECISIONS, action="append", default=None,
                         help="export only this precision (repeatable; default: both)")
     parser.add_argument("--out-dir", type=Path, default=None, help="directory to write model.<precision>.onnx into")
     args = parser.parse_args(argv)
-    name = args.model
-    if name is None:
-        from serve_app.settings import get_settings
-
-        name = get_settings().default_model
     for precision in args.precision or PRECISIONS:
-        print(export_onnx(get_model(name), precision, args.out_dir))
+        print(export_onnx(get_model(args.model), precision, args.out_dir))
     return 0
 
 
