@@ -201,6 +201,35 @@ def evaluate_one(name: str, backend_name: str, runs: int, threads: int | None) -
     return result
 
 
+def head_to_head(runs: int, threads: int | None) -> dict[str, Any]:
+    """Every installed model on its default CPU backend, timed in alternation inside ONE process, so load from
+    elsewhere on the machine hits them alike: the fair speed ratio on a busy machine. ``min`` is the least
+    contended round (closest to the idle cost), ``p50`` the typical one."""
+    from deployments.backends import load_backend
+    from deployments.registry import MODELS
+
+    backends = {name: load_backend(spec, None, device="cpu", threads=threads)
+                for name, spec in MODELS.items() if spec.is_installed()}
+    texts = [f"{SPEED_TEXT} {i}" for i in range(BATCH_SIZE)]
+    times: dict[str, dict[str, list[float]]] = {n: {"single": [], "batch": []} for n in backends}
+    for backend in backends.values():
+        backend.embed(texts)
+    for _ in range(max(5, runs)):
+        for name, backend in backends.items():
+            started = time.perf_counter()
+            backend.embed([SPEED_TEXT])
+            times[name]["single"].append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            backend.embed(texts)
+            times[name]["batch"].append((time.perf_counter() - started) * 1000)
+    return {name: {"backend": backends[name].name, "rounds": len(t["single"]),
+                   "single_min_ms": min(t["single"]), "single_p50_ms": percentile(t["single"], 50),
+                   f"batch{BATCH_SIZE}_min_ms": min(t["batch"]),
+                   f"batch{BATCH_SIZE}_p50_ms": percentile(t["batch"], 50),
+                   "texts_per_s_best": BATCH_SIZE / (min(t["batch"]) / 1000)}
+            for name, t in times.items()}
+
+
 def _run_child(name: str, backend_name: str, runs: int, threads: int | None) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", name, backend_name, "--runs", str(runs)]
     if threads:
@@ -234,6 +263,7 @@ def evaluate(runs: int = 30, threads: int | None = None) -> dict[str, Any]:
                                                    "note": "backend module not present in this checkout"}
                 continue
             entry["backends"][backend_name] = _run_child(name, backend_name, runs, threads)
+    report["head_to_head"] = _run_child("*", "head-to-head", runs, threads)
     report["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
     return report
 
@@ -271,6 +301,16 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("para/unrel: mean cosine of paraphrase / unrelated pairs; margin: worst paraphrase minus best "
                  "unrelated (> 0: every pair separated); latencies in ms; RSS: the loaded model's memory, peak: the "
                  "whole process's.")
+    duel = report.get("head_to_head") or {}
+    if duel and "error" not in duel:
+        lines += ["", "head to head (default backends, alternating in one process; min = least contended round):",
+                  f"{'model':<18} {'backend':<10} {'1x min':>8} {'1x p50':>8} {'32x min':>8} {'32x p50':>8} "
+                  f"{'texts/s':>8}"]
+        lines += [f"{name:<18} {d['backend']:<10} {d['single_min_ms']:>8.1f} {d['single_p50_ms']:>8.1f} "
+                  f"{d['batch32_min_ms']:>8.1f} {d['batch32_p50_ms']:>8.1f} {d['texts_per_s_best']:>8.1f}"
+                  for name, d in duel.items() if isinstance(d, dict)]
+    elif duel:
+        lines.append(f"head to head: {duel.get('error')}")
     if public:
         lines += ["", f"public labelled sets ({report['public_sets']}):",
                   f"{'model':<18} {'backend':<10} {'Lee50 r':>10} {'Lee50 rho':>10} {'pol kNN10':>10} "
@@ -287,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the full report here")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "BACKEND"), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:  # the child process of one (model, backend)
+    if args.one:  # the child process of one (model, backend), or of the head-to-head timing
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        print("EVAL_ONE " + json.dumps(evaluate_one(args.one[0], args.one[1], args.runs, args.threads)), flush=True)
+        one = (head_to_head(args.runs, args.threads) if args.one[1] == "head-to-head"
+               else evaluate_one(args.one[0], args.one[1], args.runs, args.threads))
+        print("EVAL_ONE " + json.dumps(one), flush=True)
         return 0
     report = evaluate(runs=args.runs, threads=args.threads)
     print(format_report(report))
