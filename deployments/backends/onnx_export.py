@@ -16,16 +16,14 @@ Run ``python -m deployments.backends.onnx_export [MODEL]`` at set-up time to exp
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from deployments.file_lock import exclusive_file_lock
 from deployments.registry import ModelSpec, get_model
 
 DEFAULT_MODEL = "minilm-l6-v2"
@@ -83,17 +81,6 @@ def cache_path(spec: ModelSpec, precision: Precision = "int8") -> Path:
     root = os.environ.get(CACHE_ENV)  # like the model cache (deployments.model_packages): per machine
     base = Path(root) if root else DEFAULT_CACHE_ROOT
     return base / f"{spec.name}-{spec.version}" / model_filename(precision)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _check_mean_pooling(weights_dir: Path) -> None:
@@ -215,7 +202,7 @@ def export_onnx(spec: ModelSpec, precision: Precision = "int8", out_dir: Path | 
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with exclusive_file_lock(target.with_name(target.name + ".lock")):
         if target.exists():  # another replica exported it while we waited for the lock
             return target
         source = export_onnx(spec, "fp32", out_dir) if precision == "int8" else None
