@@ -10,13 +10,13 @@ SOURCE model (the name its requests use) onto a new version of ``--model``'s col
 (:func:`jobs.migration.route_model_of`); ``--rollback --model minilm-l6-v2`` returns it. The Serve app must serve
 both models for the whole migration (:func:`check_served`).
 
-Blue-green: rows land in ``embeddings__{model}__{to_version}``; once per-tenant counts check out
-(target count == source rows - failed rows) the alias ``embeddings__{model}`` is switched to it
-(``--no-switch`` leaves it). ``--dry-run`` reports what would happen and writes nothing;
-``--rollback --to-version V`` points the alias at ``embeddings__{model}__{V}`` (V defaults to the
-registry version). Reruns are idempotent: point IDs are deterministic and already-written points
-are skipped. With ``--job-id`` the job row (type ``reembed``) is kept up to date. The last stdout
-line is ``REEMBED_RESULT {json}``.
+Per tenant (jobs/migration.py, serve_app/db/routes.py): a tenant whose live collection is the target is
+filled in place; any other tenant is marked migrating (writers then also write the target), its rows
+land in ``embeddings__{model}__{version}``, the target is verified against the source by point set (one
+catch-up pass), and only then does that tenant switch (``--no-switch`` verifies only). ``--dry-run``
+writes nothing; ``--rollback`` and ``--finalize`` are database steps (:func:`route_command`). Reruns are
+idempotent: point IDs are deterministic and already-written points are skipped. The job row (type
+``reembed``; ``--job-id``, else one of its own) carries progress and the result.
 
 Importing this module starts nothing (no Ray, no store, no database).
 """
