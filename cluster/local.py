@@ -34,9 +34,13 @@ DASHBOARD_PORT = 8265
 GCS_PORT = 6385  # `heimdex up` passes settings.ray_gcs_port (HEIMDEX_RAY_GCS_PORT)
 
 
-# Environment every Heimdex Ray process gets: offline model loading, no usage stats, and room for
-# a loaded 2-core machine to register a raylet (Ray's default wait is 30 s).
+# Environment every Heimdex Ray process gets: offline model loading, no usage stats, room for a
+# loaded 2-core machine to register a raylet (Ray's default wait is 30 s), and workers at niceness 0.
+# Ray starts its workers at niceness 15 by default while its own daemons (raylet, GCS, dashboard) and
+# any client run at 0: on a small machine the Gateway and Embedder replicas, which are the service,
+# then lose the CPU to Ray's bookkeeping and to the load itself (measured: 32 single-text clients).
 BASE_ENV = {
+    "RAY_worker_niceness": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

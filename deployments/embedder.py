@@ -95,6 +95,12 @@ class BatchStats:
     tokens: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
     largest: int = 0
+    handle_calls: int = 0  # Ray handle calls received (the Gateway merges concurrent requests into one)
+    requests: int = 0  # requests those calls carried
+
+    def received(self, requests: int) -> None:
+        self.handle_calls += 1
+        self.requests += requests
 
     def record(self, calls: int, texts: int, tokens: int) -> None:
         self.batches += 1
@@ -111,6 +117,8 @@ class BatchStats:
             "texts": self.texts,
             "tokens": self.tokens,
             "largest_batch": self.largest,
+            "handle_calls": self.handle_calls,
+            "requests": self.requests,
             "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
         }
 
@@ -406,6 +414,7 @@ class Embedder:
     async def embed(self, texts: list[str], tenant: str = UNNAMED_TENANT) -> EmbedOutput:
         """Embed one request's texts for ``tenant`` (its org_id; the relay's own name for the write path);
         batched with other concurrent calls, queued fairly per tenant."""
+        self.core.stats.received(1)
         self.core.metrics.enter()
         try:
             result: EmbedOutput | Exception = await self._embed_batch((texts, tenant))
@@ -414,6 +423,17 @@ class Embedder:
         if isinstance(result, Exception):
             raise result
         return result
+
+    async def embed_many(self, calls: list[tuple[list[str], str]]) -> list[EmbedOutput | Exception]:
+        """Several requests in one call (the Gateway merges concurrent ones, serve_app/call_merger.py):
+        each ``(texts, tenant)`` is queued under its own tenant, so merging never changes who goes first;
+        a failed request's slot holds its exception."""
+        self.core.stats.received(len(calls))
+        self.core.metrics.enter(len(calls))
+        try:
+            return await self.core.run_batch([texts for texts, _ in calls], [tenant for _, tenant in calls])
+        finally:
+            self.core.metrics.leave(len(calls))
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_TIMEOUT_S,
                  max_concurrent_batches=MAX_CONCURRENT_BATCHES)

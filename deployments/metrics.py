@@ -132,11 +132,11 @@ class EmbedderMetrics:
 
     # The Ray gauge is set once per model pass and when the queue empties, not on every call: two Ray
     # metric calls per request were measurable on the single-text hot path.
-    def enter(self) -> None:
-        self.pending += 1
+    def enter(self, calls: int = 1) -> None:
+        self.pending += calls
 
-    def leave(self) -> None:
-        self.pending -= 1
+    def leave(self, calls: int = 1) -> None:
+        self.pending -= calls
         if self.pending == 0:
             self._export_depth()
 

@@ -42,7 +42,8 @@ class Gateway:
                                     settings.tenant_min_in_flight, ledger=ledger_link(settings.budget_ledger_name))
         self.services = Services(
             settings=settings,
-            embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s, admission=admission),
+            embedders=ServeEmbedderClient(embedders, timeout_s=settings.embed_timeout_s, admission=admission,
+                                          calls_in_flight=settings.embed_calls_in_flight),
             verifier=TokenVerifier(settings),
             limiter=admission,
             gate=ConcurrencyGate(settings.max_in_flight),

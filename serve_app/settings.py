@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     )
     max_in_flight: int = Field(256, ge=1, description="Requests one gateway replica serves at once (503 past it).")
     embed_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the Embedder on a request.")
+    embed_calls_in_flight: int = Field(
+        4, ge=1, le=256, description="Handle calls to one model one tenant's requests share at once from one "
+        "process; the requests that arrive meanwhile leave merged in the next call (serve_app/call_merger.py).")
 
     dashboard_url: str = Field(
         "http://127.0.0.1:8265", validation_alias=AliasChoices("HEIMDEX_DASHBOARD_URL", "RAY_DASHBOARD_ADDRESS"),

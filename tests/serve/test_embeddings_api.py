@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
@@ -110,6 +111,17 @@ def test_batches_form_under_concurrency(serve_app: ServeApp) -> None:
     assert calls >= 96
     assert batches < calls, f"{calls} calls ran in {batches} batches: no batching happened"
     assert after["largest_batch"] > 1
+    # The Gateway merged concurrent requests into shared handle calls (serve_app/call_merger.py).
+    requests = after["requests"] - before["requests"]
+    handle_calls = after["handle_calls"] - before["handle_calls"]
+    assert requests >= 96 and handle_calls < requests, f"{requests} requests took {handle_calls} handle calls"
+
+
+def test_replicas_run_at_niceness_zero(serve_app: ServeApp) -> None:
+    """Ray starts workers at niceness 15 unless told otherwise; `heimdex up` (and this session's cluster,
+    started the same way) sets RAY_worker_niceness=0 so the service does not yield to Ray's daemons."""
+    pid = embedder_call("info")["pid"]
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 0
 
 
 def test_reconfigure_changes_batch_size_live(serve_app: ServeApp) -> None:
