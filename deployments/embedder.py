@@ -311,6 +311,7 @@ class EmbedderCore:
         self.coalescer = Coalescer(self._embed_pass, self._executor, on_wait=self.metrics.record_wait)
         self.config = EmbedderConfig()
         self.last_error: str | None = None
+        self.unhealthy = False
 
     def info(self) -> dict[str, Any]:
         return {
@@ -370,6 +371,8 @@ class EmbedderCore:
 
     def check(self) -> None:
         """Raise if the backend no longer produces sane vectors (Serve then replaces the replica)."""
+        if self.unhealthy:
+            raise RuntimeError("marked unhealthy (fault injection)")
         probe = self.backend.embed(["health"])
         if probe.vectors.shape != (1, self.spec.dimension) or not np.isfinite(probe.vectors).all():
             raise RuntimeError(f"backend returned a bad vector of shape {probe.vectors.shape}")
@@ -396,9 +399,10 @@ class Embedder:
     """Serve deployment around :class:`EmbedderCore`."""
 
     def __init__(self, model: str = "minilm-l6-v2", backend: str | None = None, device: str = "auto",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, fault_injection: bool = False) -> None:
         configure_logging()
         self.core = EmbedderCore(model, backend=backend, device=device, threads=threads)
+        self.fault_injection = fault_injection  # the app passes False in production (serve_app/app.py)
         logger.info("embedder ready: %s", self.core.info())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -465,3 +469,11 @@ class Embedder:
 
     def check_health(self) -> None:
         self.core.check()
+
+    def arm_unhealthy(self) -> None:
+        """Test hook: from now on this replica fails its health check, so Serve replaces it (the fault
+        suite checks that it does). Refused where the app was deployed with fault injection off."""
+        if not self.fault_injection:
+            raise RuntimeError("fault injection is disabled in production")
+        logger.warning("fault injection: embedder replica %s will fail its health checks", os.getpid())
+        self.core.unhealthy = True

@@ -43,13 +43,14 @@ def embedder_name(model: str, default_model: str) -> str:
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     parsed = AppArgs.model_validate(args or {})
+    settings = get_settings()
     embedders: dict[str, Any] = {}
     for model in parsed.models:
         get_model(model)  # refuse unknown names at deploy time, listing the known ones
         embedders[model] = EMBEDDER.options(name=embedder_name(model, parsed.models[0])).bind(
-            model=model, backend=parsed.backend, device=parsed.device, threads=parsed.threads)
+            model=model, backend=parsed.backend, device=parsed.device, threads=parsed.threads,
+            fault_injection=settings.env != "production")
     # Migrations run once per deploy, before any replica opens the database.
-    settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)
     return GATEWAY.bind(embedders, RELAY.bind(embedders))

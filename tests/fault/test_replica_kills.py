@@ -17,6 +17,7 @@ from tests.fault.helpers import (
     pause_relay,
     poll,
     relay_call,
+    replica_actors,
     segments,
     submit,
     unique,
@@ -79,3 +80,20 @@ def test_relay_replica_ray_killed_mid_batch(serve_app: ServeApp) -> None:
     job_ids += submit(serve_app, org, segments(asset, 10, 40))
     wait_replaced("OutboxRelay", killed)
     assert_exactly_once(serve_app.url, org, job_ids, 50, timeout_s=120)
+
+
+def test_embedder_failing_its_health_check_is_replaced_and_the_service_recovers(serve_app: ServeApp) -> None:
+    """The docs promise that a replica whose health check fails is replaced: arm the Embedder's check to
+    fail (a test hook refused in production), and Serve must start a new replica that serves again."""
+    from ray import serve
+
+    before = replica_actors("Embedder")
+    assert len(before) == 1
+    handle = serve.get_deployment_handle("Embedder", app_name="heimdex")
+    handle.arm_unhealthy.remote().result(timeout_s=30)
+    # health_check_period_s is 10 in serve_config.yaml: the next check fails and Serve replaces it.
+    wait_replaced("Embedder", str(before[0].actor_id), timeout_s=180)
+    poll(lambda: httpx.post(f"{serve_app.url}/v1/embeddings", json={"input": "back?"},
+                            headers=auth(unique("org-hc")), timeout=30).status_code == 200,
+         180, "the new Embedder replica to serve")
+    assert handle.info.remote().result(timeout_s=60)["pid"] != 0
