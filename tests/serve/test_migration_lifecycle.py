@@ -8,85 +8,20 @@ The re-embed is submitted the way `heimdex reembed` submits it, with no --num-cp
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from bench.texts import short_texts
-from cluster import jobs_client
 from deployments.vector_store import collection_name
 from tests.conftest import ServeApp
-from tests.serve.helpers import auth, reembed_row, wait_job
+from tests.serve.helpers import JOB_TIMEOUT_S, auth, finished, found, heimdex, route, submit, until, wait_job, write
 
 pytestmark = pytest.mark.serve
 
 MODEL = "minilm-l6-v2"
 V1 = collection_name(MODEL, "v1")
-JOB_TIMEOUT_S = 420.0
-
-
-def until(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s:.0f}s"
-        time.sleep(0.2)
-
-
-def write(url: str, org: str, segments: list[tuple[str, str, str]]) -> None:
-    body = {"segments": [{"asset_id": a, "segment_id": s, "text": t} for a, s, t in segments]}
-    response = httpx.post(f"{url}/vectors/embed:batch", headers=auth(org), json=body, timeout=60)
-    assert response.status_code == 202, response.text
-    for job in response.json()["jobs"]:
-        assert wait_job(url, org, job["job_id"])["status"] == "succeeded"
-
-
-def found(url: str, org: str, segments: list[tuple[str, str, str]]) -> int:
-    """How many segments come back in the top 3 when searched by their own text."""
-    hits = 0
-    for asset, seg, text in segments:
-        response = httpx.post(f"{url}/vectors/search", headers=auth(org), json={"query": text, "limit": 3}, timeout=30)
-        assert response.status_code == 200, response.text
-        hits += any(h["asset_id"] == asset and h["segment_id"] == seg for h in response.json()["results"])
-    return hits
-
-
-def route(url: str, org: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/vectors/stats", headers=auth(org), timeout=30)
-    assert response.status_code == 200, response.text
-    return dict(response.json()["routes"][MODEL])
-
-
-def submit(serve_app: ServeApp, args: list[str]) -> str:
-    import ray
-
-    pin = {"HEIMDEX_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    return jobs_client.submit_reembed(serve_app.cluster.dashboard_url, args, None, extra_env=pin)
-
-
-def finished(serve_app: ServeApp, submission: str) -> dict[str, Any]:
-    status = jobs_client.wait(serve_app.cluster.dashboard_url, submission, timeout_s=JOB_TIMEOUT_S)
-    if status["status"] != "SUCCEEDED":
-        logs = jobs_client.make_client(serve_app.cluster.dashboard_url).get_job_logs(submission)
-        pytest.fail(f"re-embed {submission} ended {status['status']}: {status['message']}\n{logs[-4000:]}")
-    row = reembed_row(submission)
-    assert row is not None and row.status == "succeeded", row
-    return dict(row.result)
-
-
-def heimdex(*args: str) -> subprocess.CompletedProcess[str]:
-    """The `heimdex` command as a user runs it (same database: the session's HEIMDEX_* environment)."""
-    return subprocess.run([str(Path(sys.executable).parent / "heimdex"), *args], capture_output=True, text=True,
-                          timeout=120)
 
 
 def test_migration_finds_every_write_and_spares_the_other_tenant(serve_app: ServeApp) -> None:

@@ -24,8 +24,18 @@ from cluster.local import render_serve_config
 from deployments.registry import get_model
 from deployments.vector_store import collection_name
 from tests.conftest import ROOT, ServeApp
-from tests.serve.helpers import api_vectors, auth, wait_job
-from tests.serve.test_migration_lifecycle import JOB_TIMEOUT_S, finished, heimdex, submit, until
+from tests.serve.helpers import (
+    JOB_TIMEOUT_S,
+    Segment,
+    api_vectors,
+    finished,
+    heimdex,
+    stats,
+    submit,
+    until,
+    write,
+)
+from tests.serve.helpers import found as found_by
 
 MINILM, MPNET = "minilm-l6-v2", "all-mpnet-base-v2"
 MINI_V1, MPNET_V1 = collection_name(MINILM, "v1"), collection_name(MPNET, "v1")
@@ -71,38 +81,8 @@ def two_models(serve_app: ServeApp) -> Iterator[ServeApp]:
         deploy(serve_app, original, {MINILM})
 
 
-def write(url: str, org: str, segments: list[tuple[str, str, str]], model: str = MINILM) -> list[dict[str, Any]]:
-    body = {"segments": [{"asset_id": a, "segment_id": s, "text": t, "model": model} for a, s, t in segments]}
-    response = httpx.post(f"{url}/vectors/embed:batch", headers=auth(org), json=body, timeout=60)
-    assert response.status_code == 202, response.text
-    jobs = response.json()["jobs"]
-    for job in jobs:
-        done = wait_job(url, org, job["job_id"])
-        assert done["status"] == "succeeded", done
-    return list(jobs)
-
-
-def search(url: str, org: str, text: str, model: str = MINILM) -> dict[str, Any]:
-    response = httpx.post(f"{url}/vectors/search", headers=auth(org), json={"query": text, "limit": 3, "model": model},
-                          timeout=60)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def found(url: str, org: str, segments: list[tuple[str, str, str]], embedded_by: str, model: str = MINILM) -> int:
-    """How many segments come back in the top 3 searched by their own text; every query embedded by ``embedded_by``."""
-    hits = 0
-    for asset, seg, text in segments:
-        body = search(url, org, text, model)
-        assert body["embedding_model"] == embedded_by, body
-        hits += any(h["asset_id"] == asset and h["segment_id"] == seg for h in body["results"])
-    return hits
-
-
-def stats(url: str, org: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/vectors/stats", headers=auth(org), timeout=30)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+def found(url: str, org: str, segments: list[Segment], embedded_by: str, model: str = MINILM) -> int:
+    return found_by(url, org, segments, model=model, embedded_by=embedded_by)
 
 
 def test_a_cross_model_migration_is_refused_while_the_app_serves_one_model(serve_app: ServeApp) -> None:
