@@ -1,9 +1,10 @@
-"""Metric objects of the model and store processes (Embedder replicas, the vector-store actor).
+"""Figures of the model and store processes (Embedder replicas, the vector-store actor).
 
-Two sinks per figure: a Ray metric (``ray.serve.metrics`` inside a Serve replica, ``ray.util.metrics``
-elsewhere) that Ray's per-node metrics agent exports for Prometheus, and a small in-process
-snapshot that the Gateway's ``/metrics`` route fetches through a handle. Nothing is created at
-import time: Serve imports this module in every replica, so each object is built on first use.
+Each process keeps its figures in memory (:class:`LocalHistogram` and counters) and hands a snapshot
+to the Gateway's ``GET /metrics`` route through a handle call; that route is Heimdex's one metrics
+export (serve_app/metrics.py renders every snapshot as Prometheus text at scrape time). A snapshot is
+plain data because it crosses processes: a ``prometheus_client`` object cannot. Nothing is created at
+import time: Serve imports this module in every replica.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,65 +62,11 @@ def in_serve_replica() -> bool:
         return False
 
 
-def _ray_metrics_module() -> Any:
-    if in_serve_replica():
-        import ray.serve.metrics as serve_metrics
-
-        return serve_metrics
-    import ray.util.metrics as util_metrics
-
-    return util_metrics
-
-
-def _build(factory: Callable[[Any], Any], what: str) -> Any:
-    """A Ray metric, or None where Ray metrics cannot be created (no Ray worker in this process)."""
-    try:
-        return factory(_ray_metrics_module())
-    except Exception as exc:  # never let observability break the data path
-        logger.debug("ray metric %s unavailable: %s", what, exc)
-        return None
-
-
-class RayMetrics:
-    """Lazily created Ray metric objects, keyed by name; every call is a no-op where Ray is absent."""
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def _get(self, name: str, factory: Callable[[Any], Any]) -> Any:
-        metric = self._metrics.get(name)
-        if metric is None and name not in self._metrics:
-            with self._lock:
-                if name not in self._metrics:
-                    self._metrics[name] = _build(factory, name)
-                metric = self._metrics[name]
-        return metric
-
-    def counter(self, name: str, description: str, value: float, tags: dict[str, str]) -> None:
-        metric = self._get(name, lambda m: m.Counter(name, description=description, tag_keys=tuple(tags)))
-        if metric is not None and value > 0:
-            metric.inc(value, tags=tags)
-
-    def gauge(self, name: str, description: str, value: float, tags: dict[str, str]) -> None:
-        metric = self._get(name, lambda m: m.Gauge(name, description=description, tag_keys=tuple(tags)))
-        if metric is not None:
-            metric.set(value, tags=tags)
-
-    def histogram(self, name: str, description: str, boundaries: Sequence[float], value: float,
-                  tags: dict[str, str]) -> None:
-        metric = self._get(name, lambda m: m.Histogram(name, description=description, boundaries=list(boundaries),
-                                                       tag_keys=tuple(tags)))
-        if metric is not None:
-            metric.observe(value, tags=tags)
-
-
 class EmbedderMetrics:
     """Batch size, per-batch latency, tokens and queue depth of one Embedder replica."""
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.ray = RayMetrics()
         self.batch_size = LocalHistogram(BATCH_SIZE_BUCKETS)
         self.batch_latency = LocalHistogram(LATENCY_BUCKETS_S)
         self.batches = 0
@@ -130,34 +77,18 @@ class EmbedderMetrics:
         self.tenant_labels = TenantLabels()
         self.tenant_wait: dict[str, LocalHistogram] = {}
 
-    # The Ray gauge is set once per model pass and when the queue empties, not on every call: two Ray
-    # metric calls per request were measurable on the single-text hot path.
     def enter(self, calls: int = 1) -> None:
         self.pending += calls
 
     def leave(self, calls: int = 1) -> None:
         self.pending -= calls
-        if self.pending == 0:
-            self._export_depth()
-
-    def _export_depth(self) -> None:
-        self.ray.gauge("heimdex_embedder_queue_depth", "embed calls waiting for or inside a batch",
-                       self.pending, {"model": self.model})
 
     def record_batch(self, calls: int, texts: int, tokens: int, seconds: float) -> None:
-        tags = {"model": self.model}
         self.batches += 1
         self.texts += texts
         self.tokens += tokens
         self.batch_size.observe(calls)
         self.batch_latency.observe(seconds)
-        self.ray.histogram("heimdex_embedder_batch_size", "calls per @serve.batch batch", BATCH_SIZE_BUCKETS,
-                           calls, tags)
-        self.ray.histogram("heimdex_embedder_batch_latency_s", "seconds to embed one batch", LATENCY_BUCKETS_S,
-                           seconds, tags)
-        self.ray.counter("heimdex_embedder_texts", "texts embedded", texts, tags)
-        self.ray.counter("heimdex_embedder_tokens", "tokens embedded", tokens, tags)
-        self._export_depth()
 
     def record_wait(self, tenant: str, seconds: float) -> None:
         """One call's wait in its tenant's queue (in-process only: no Ray metric call per request)."""
@@ -190,7 +121,6 @@ class StoreMetrics:
     OPERATIONS = ("upsert", "search", "search_batch")
 
     def __init__(self) -> None:
-        self.ray = RayMetrics()
         self.latency = {op: LocalHistogram(LATENCY_BUCKETS_S) for op in self.OPERATIONS}
 
     @contextmanager
@@ -201,8 +131,6 @@ class StoreMetrics:
         finally:
             seconds = time.perf_counter() - started
             self.latency[operation].observe(seconds)
-            self.ray.histogram("heimdex_store_latency_s", "seconds per vector-store call", LATENCY_BUCKETS_S,
-                               seconds, {"operation": operation})
 
     def snapshot(self) -> dict[str, Any]:
         return {"latency_s": {op: hist.snapshot() for op, hist in self.latency.items()}}

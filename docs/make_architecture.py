@@ -17,7 +17,7 @@ BOXES: dict[str, tuple[int, int, int, int, str, str, str]] = {
     "jobsubmit": (20, 380, 170, 56, "ray job submit", "heimdex reembed / RayJob", "#eeeeee"),
     "reembed": (230, 380, 230, 56, "jobs/reembed.py", "Ray Data read -> map_batches", "#d8f0d8"),
     "sink": (520, 380, 170, 56, "Qdrant sink", "jobs/qdrant_sink.py", "#f6e7c8"),
-    "metrics": (730, 270, 200, 60, "Ray metrics agent", "ray_heimdex_* per node", "#e6e6e6"),
+    "metrics": (730, 270, 200, 60, "Prometheus", "scrapes GET /metrics", "#e6e6e6"),
 }
 # (from, to, label)
 ARROWS: list[tuple[str, str, str]] = [
@@ -33,6 +33,7 @@ ARROWS: list[tuple[str, str, str]] = [
     ("jobsubmit", "reembed", ""),
     ("reembed", "sink", "3: bulk"),
     ("sink", "store", "upsert"),
+    ("metrics", "gateway", "scrape"),
 ]
 
 

@@ -1,16 +1,12 @@
 """Heimdex's metrics at the HTTP edge: the request middleware and the ``/metrics`` route.
 
-Two exports:
-
-* Ray's: every process records into Ray metrics (``ray.serve.metrics`` in Serve replicas,
-  ``ray.util.metrics`` in the store actor; see :mod:`deployments.metrics`), which each node's
-  metrics agent exposes for Prometheus on its ``metrics_export_port`` with a ``ray_`` prefix,
-  aggregated across replicas and nodes. That is the one to scrape in production.
-* ``GET /metrics`` on the app, Prometheus text: this gateway replica's request counters and
-  latencies (a process-local ``prometheus_client`` registry), plus figures gathered at scrape time
-  from the Embedder (one replica per model answers), the relay, the store actor and the database.
-  Convenient for a single-node deployment and for tests; with several gateway or Embedder replicas
-  each scrape shows the replica that answered.
+One export: ``GET /metrics`` on the app, Prometheus text. This Gateway replica's request counters
+and latencies (a process-local ``prometheus_client`` registry), plus figures gathered at scrape time
+from the Embedder (one replica per model answers, its series labelled with its ``pid``), the relay,
+the store actor and the database (:mod:`deployments.metrics` keeps them in each process). Ray's own
+metrics (``ray_serve_*``) stay on Ray's metrics agent; Heimdex records nothing twice. With several
+Gateway replicas, scrape each (under direct ingress each listens on its own port, from the public
+port upwards).
 
 No metric object is created at import time (Serve imports this module in every replica).
 """
@@ -31,7 +27,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.logging_setup import fields
-from deployments.metrics import LATENCY_BUCKETS_S, RayMetrics, in_serve_replica
+from deployments.metrics import LATENCY_BUCKETS_S, in_serve_replica
 from deployments.tenant_labels import TenantLabels
 
 logger = logging.getLogger("heimdex.access")
@@ -43,7 +39,7 @@ MAX_REQUEST_ID_CHARS = 128
 
 
 class GatewayMetrics:
-    """Request counters and latency of this gateway process, in both exports."""
+    """Request counters and latency of this gateway process."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -57,22 +53,15 @@ class GatewayMetrics:
                                 "(rate: requests per second; concurrency: share of calls in flight)",
                                 ["tenant", "budget"], registry=self.registry)
         self.tenant_labels = TenantLabels()
-        self.ray = RayMetrics()
 
     def refused(self, tenant: str, budget: str) -> None:
         """One 429 for ``tenant``: its rate budget or its share of calls in flight was spent."""
         label = self.tenant_labels(tenant)
         self.refusals.labels(label, budget).inc()
-        self.ray.counter("heimdex_tenant_refusals", "429 answers by tenant and budget", 1,
-                         {"tenant": label, "budget": budget})
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
-        tags = {"route": route, "method": method, "status": str(status)}
-        self.ray.counter("heimdex_http_requests", "HTTP requests by route template, method and status", 1, tags)
-        self.ray.histogram("heimdex_http_request_latency_s", "HTTP request latency by route template",
-                           LATENCY_BUCKETS_S, seconds, {"route": route, "method": method})
 
 
 _gateway_metrics: GatewayMetrics | None = None

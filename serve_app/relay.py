@@ -26,7 +26,6 @@ from typing import Any
 from ray import serve
 
 from deployments.logging_setup import configure_logging, fields
-from deployments.metrics import RayMetrics
 from deployments.mock_vectors import MOCK_MODEL, mock_vector
 from deployments.point_ids import point_id_for
 from deployments.tenant_labels import RELAY_TENANT
@@ -87,7 +86,6 @@ class RelayCore:
         self.delivered = 0
         self.failed_attempts = 0
         self.dead_letters = 0
-        self.ray_metrics = RayMetrics()
         # Fault-injection hooks (tests only; refused in production, see arm_crash).
         self.paused = False
         self.crash_at: str | None = None
@@ -186,7 +184,6 @@ class RelayCore:
                 }))
             done = await asyncio.to_thread(self.queue.complete_many, results)
             self.delivered += sum(done)
-            self.ray_metrics.counter("heimdex_relay_delivered", "outbox messages delivered", sum(done), {})
         except Exception as exc:  # any failure: retry with backoff, dead-letter past max attempts
             logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc, extra=fields(
                 job_ids=[m.job_id for m in messages][:20], model=model, stage="embed_upsert", count=len(messages)))
@@ -242,10 +239,8 @@ class RelayCore:
         for msg in messages:
             state = await asyncio.to_thread(self.queue.fail, msg, error)
             self.failed_attempts += 1
-            self.ray_metrics.counter("heimdex_relay_failed_attempts", "relay attempts that failed", 1, {})
             if state is not None and state.value == "dead":
                 self.dead_letters += 1
-                self.ray_metrics.counter("heimdex_relay_dead_letters", "jobs sent to dead letter", 1, {})
                 logger.warning("job dead-lettered after %d attempts", msg.attempts,
                                extra=fields(job_id=msg.job_id, stage="dead_letter", attempt=msg.attempts))
 
@@ -311,8 +306,6 @@ class OutboxRelay:
     async def status(self) -> dict[str, Any]:
         status = await asyncio.to_thread(self.core.status)
         status["last_error"] = self._last_error
-        self.core.ray_metrics.gauge("heimdex_outbox_lag_s", "age of the oldest due outbox message",
-                                    float(status["oldest_due_age_s"] or 0.0), {})
         status["paused"] = self.core.paused
         return status
 
