@@ -387,14 +387,9 @@ def _node_id() -> str | None:
         return None
 
 
-@serve.deployment(
-    name="Embedder",
-    max_ongoing_requests=256,
-    max_queued_requests=512,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    ray_actor_options={"num_cpus": 1},
-)
+# Deployment options (replicas, max_ongoing_requests = max_batch_size x MAX_CONCURRENT_BATCHES, queue
+# bound, health checks, CPUs/GPUs) live in serve_config.yaml only, one entry per served model.
+@serve.deployment(name="Embedder")
 class Embedder:
     """Serve deployment around :class:`EmbedderCore`."""
 

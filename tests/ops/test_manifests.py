@@ -146,6 +146,7 @@ def test_two_models_profile_is_serve_config_with_a_second_embedder_that_fits_two
 def test_deployment_options_live_in_the_serve_configs_only() -> None:
     """Every Serve config names each deployment the app builds, with its CPUs; the decorators carry no
     options that a config could silently leave to them."""
+    from deployments.embedder import Embedder
     from serve_app.app import AppArgs, embedder_name
     from serve_app.gateway import Gateway
     from serve_app.relay import OutboxRelay
@@ -156,6 +157,10 @@ def test_deployment_options_live_in_the_serve_configs_only() -> None:
         args = AppArgs.model_validate(config["applications"][0]["args"])
         for name in ("Gateway", "OutboxRelay", *(embedder_name(m, args.models[0]) for m in args.models)):
             assert "num_cpus" in deployment(config, name)["ray_actor_options"], (path.name, name)
-    for decorated in (Gateway, OutboxRelay):
+        for model in args.models:  # the Embedder's queue bounds and health checks, for every model
+            entry = deployment(config, embedder_name(model, args.models[0]))
+            for option in ("max_ongoing_requests", "max_queued_requests", "health_check_period_s"):
+                assert option in entry, (path.name, model, option)
+    for decorated in (Gateway, OutboxRelay, Embedder):
         options = decorated._deployment_config.user_configured_option_names  # type: ignore[attr-defined]
         assert options == {"name"}, (decorated, options)
