@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     max_document_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest document (UTF-8 bytes of its text) POST /vectors/documents takes; "
         "its body limit is at least 3x this plus 64 KiB (JSON escapes), whatever max_body_bytes says.")
+    max_document_chunks: int = Field(4096, ge=1, description="Most chunks (so jobs) one document may make.")
     document_overlap_tokens: int = Field(32, ge=0, description="Tokens consecutive chunks of a document share "
                                          "when the request names no overlap_tokens.")
 
