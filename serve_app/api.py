@@ -13,7 +13,7 @@ from serve_app.body_limit import BodySizeLimitMiddleware
 from serve_app.errors import error_body, install_error_handlers
 from serve_app.metrics import RequestObservabilityMiddleware
 from serve_app.metrics import router as metrics_router
-from serve_app.routes import health, openai_compat
+from serve_app.routes import health, openai_compat, tei_compat
 from serve_app.services import Services
 
 # The one route whose body may exceed max_body_bytes (a whole document; serve_app/routes/vectors_documents.py).
@@ -56,6 +56,7 @@ def create_api(services: Services, extra_routers: tuple[Any, ...] = ()) -> FastA
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai_compat.router)
+    app.include_router(tei_compat.router)
     app.include_router(metrics_router)
     for router in extra_routers:
         app.include_router(router)
