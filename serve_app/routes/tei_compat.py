@@ -27,7 +27,7 @@ from deployments.registry import ModelSpec
 from serve_app.deps import EmbeddingsPrincipalDep, ServicesDep
 from serve_app.errors import ApiError, json_response, validation_error_body
 from serve_app.models_check import resolve_model
-from serve_app.routes.openai_compat import checked_inputs
+from serve_app.routes.openai_compat import ERROR_RESPONSES, checked_inputs
 from serve_app.schemas import (
     TeiEmbeddingModel,
     TeiEmbedRequest,
@@ -44,13 +44,7 @@ _ERROR_TYPES = {401: "Unauthorized", 403: "Unauthorized", 429: "Overloaded", 503
 _DTYPES = {"onnx-fp32": "float32", "onnx-int8": "int8", "torch": "float32"}
 
 TEI_ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
-    401: {"description": "Missing or invalid token"},
-    404: {"description": "Unknown model"},
-    413: {"description": "Input longer than max_input_length with truncate off, or body too large"},
-    422: {"description": "Invalid field"},
-    429: {"description": "Tenant rate limit (Retry-After)"},
-    503: {"description": "Overloaded or switched off (Retry-After)"},
-}
+    **ERROR_RESPONSES, 413: {"description": "Input longer than max_input_length with truncate off, or body too large"}}
 
 
 def tei_error(status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
