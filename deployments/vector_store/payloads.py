@@ -28,3 +28,10 @@ def segment_payload(org_id: str, asset_id: str, segment_id: str, model: str, mod
     if chunk:
         payload.update({name: chunk[name] for name in CHUNK_FIELDS if chunk.get(name) is not None})
     return payload
+
+
+def chunk_of(payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A stored point's document-chunk fields (for ``segment_payload(chunk=...)`` when a re-embed rewrites the
+    point elsewhere), or None for a segment that is no document chunk."""
+    chunk = {name: payload[name] for name in CHUNK_FIELDS if payload.get(name) is not None}
+    return chunk or None

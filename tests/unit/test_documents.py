@@ -148,3 +148,26 @@ async def test_document_size_limit_is_its_own(tmp_path: Path) -> None:
         other = await client.post("/vectors/embed", headers=bearer(),
                                   json={"asset_id": "a", "segment_id": "s", "text": "ab " * 1500})
         assert other.status_code == 413
+
+
+def test_a_re_embed_keeps_a_chunks_place_in_its_document() -> None:
+    """A migration rewrites points through the bulk path: the chunk fields travel with the row."""
+    import json
+
+    import pandas as pd
+
+    from deployments.vector_store.payloads import chunk_of, segment_payload
+    from jobs.qdrant_sink import prepare_batch
+
+    stored = segment_payload("org", "a", "doc:1.abc:0", MODEL, "v1", "Hi.", "t0", job_id="j",
+                             chunk={"doc_version": "1.abc", "chunk_index": 0, "char_start": 0, "char_end": 3})
+    plain = segment_payload("org", "a", "s", MODEL, "v1", "Hi.", "t0")
+    assert chunk_of(plain) is None
+    rows = pd.DataFrame({"org_id": ["org", "org"], "asset_id": ["a", "a"], "segment_id": ["doc:1.abc:0", "s"],
+                         "text": ["Hi.", "Hi."], "chunk": [json.dumps(chunk_of(stored)), ""]})
+    prepared = prepare_batch(rows, None, None, MODEL, "v2")
+    rewritten = segment_payload("org", "a", "doc:1.abc:0", MODEL, "v2", "Hi.", "t1",
+                                chunk=json.loads(prepared["chunk"][0]))
+    assert {k: rewritten[k] for k in ("doc_version", "chunk_index", "char_start", "char_end")} == \
+        {"doc_version": "1.abc", "chunk_index": 0, "char_start": 0, "char_end": 3}
+    assert prepared["chunk"][1] == ""
