@@ -87,8 +87,8 @@ def test_tei_embed_equals_v1_embeddings_and_normalize_false_is_raw(serve_app: Se
 
 def test_tei_tokenize_info_and_too_long(serve_app: ServeApp) -> None:
     tokens = httpx.post(f"{serve_app.url}/tokenize", json={"inputs": "Hello world"}, timeout=60).json()
-    assert [t["text"] for t in tokens[0]] == ["[CLS]", "hello", "world", "[SEP]"]
-    assert tokens[0][1] == {"id": tokens[0][1]["id"], "text": "hello", "special": False, "start": 0, "stop": 5}
+    assert [t["text"] for t in tokens[0]] == ["[CLS]", "Hello", "world", "[SEP]"]  # the input's own characters
+    assert tokens[0][1] == {"id": tokens[0][1]["id"], "text": "Hello", "special": False, "start": 0, "stop": 5}
     info = httpx.get(f"{serve_app.url}/info", timeout=60).json()
     assert info["model_id"] == MODEL and info["max_input_length"] == 256
     assert info["model_type"] == {"embedding": {"pooling": "mean"}} and info["model_dtype"] == "float32"
