@@ -146,3 +146,30 @@ def test_deleting_an_asset_removes_chunks_still_in_flight_and_a_resend_brings_th
     assert len(world.points()) == len(again["chunks"])
     gone = world.client.delete("/vectors/assets/doc", headers=world.headers).json()
     assert gone["deleted"] == len(again["chunks"]) and world.points() == []
+
+
+def test_concurrent_submissions_of_one_document_make_its_jobs_once(world: World) -> None:
+    """Eight identical first submissions at once (PostgreSQL: truly concurrent transactions): one creates the
+    document and its jobs, the others lose the race on the document row, retry and find it unchanged."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_app.db import ChunkSpan, DocumentConflictError, DocumentRepository
+
+    chunks = [ChunkSpan(i, i * 10, i * 10 + 9, f"chunk {i}") for i in range(20)]
+
+    def submit(_: int) -> tuple[bool, list[str]]:
+        for _attempt in range(5):
+            with world.db.sessions() as session:
+                try:
+                    done = DocumentRepository(session).submit("org-doc", "t", "same", MODEL, "v1", "h" * 64, chunks)
+                    return done.changed, [j.job.id for j in done.jobs]
+                except DocumentConflictError:
+                    continue
+        raise AssertionError("no attempt succeeded")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(submit, range(8)))
+    assert sum(changed for changed, _ in outcomes) == 1
+    assert len({tuple(ids) for _, ids in outcomes}) == 1
+    counts = world.client.get("/jobs/counts", headers=world.headers).json()
+    assert counts["total"] == len(chunks)
