@@ -234,9 +234,7 @@ class Coalescer:
             for request in requests:  # the call failed or was cancelled: its other pieces need no pass
                 request.future.cancel()
             raise
-        return EmbedOutput(vectors=np.concatenate([o.vectors for o in outputs]),
-                           token_counts=[c for o in outputs for c in o.token_counts],
-                           truncated=[t for o in outputs for t in o.truncated])
+        return EmbedOutput.concat(list(outputs))
 
     async def submit(self, requests: list[list[str]], tenant: str = UNNAMED_TENANT) -> list[EmbedOutput]:
         """Several calls of one tenant (each keeps its own slice); fails if any of them fails."""
@@ -359,13 +357,7 @@ class EmbedderCore:
         start = 0
         for texts in requests:
             end = start + len(texts)
-            results.append(
-                EmbedOutput(
-                    vectors=output.vectors[start:end],
-                    token_counts=output.token_counts[start:end],
-                    truncated=output.truncated[start:end],
-                )
-            )
+            results.append(output.rows(start, end))
             start = end
         return results
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable
@@ -56,11 +57,12 @@ def prepare_batch(
     n = len(batch)
     issues = batch["text_issue"].tolist() if "text_issue" in batch.columns else [""] * n
     created = batch["created_at"].tolist() if "created_at" in batch.columns else [""] * n
+    chunks = batch["chunk"].tolist() if "chunk" in batch.columns else [""] * n
     out: dict[str, list[str]] = {c: [] for c in (
-        "org_id", "asset_id", "segment_id", "text", "created_at", "point_id", "status", "error")}
-    for org, asset, segment, raw, issue, made in zip(
+        "org_id", "asset_id", "segment_id", "text", "created_at", "chunk", "point_id", "status", "error")}
+    for org, asset, segment, raw, issue, made, chunk in zip(
         batch["org_id"].tolist(), batch["asset_id"].tolist(), batch["segment_id"].tolist(),
-        batch["text"].tolist(), issues, created, strict=True,
+        batch["text"].tolist(), issues, created, chunks, strict=True,
     ):
         org_id, asset_id, segment_id = _clean_id(org), _clean_id(asset), _clean_id(segment)
         text, error = validate_text(raw, _clean_id(issue))
@@ -71,6 +73,7 @@ def prepare_batch(
         out["segment_id"].append(segment_id)
         out["text"].append(text)
         out["created_at"].append(_clean_id(made))
+        out["chunk"].append(_clean_id(chunk))
         out["point_id"].append(point_id_for(org_id, asset_id, segment_id, model, version) if not error else "")
         out["status"].append(STATUS_FAILED if error else STATUS_TODO)
         out["error"].append(error)
@@ -223,8 +226,10 @@ class QdrantDatasink(Datasink[dict[str, Any]]):
                 else:
                     assert vectors is not None, "embedded rows carry a vector column"
                     made = str(cols["created_at"][i]) if "created_at" in cols else ""
+                    chunk = str(cols["chunk"][i]) if "chunk" in cols else ""
                     payload = segment_payload(tenant, str(cols["asset_id"][i]), str(cols["segment_id"][i]),
-                                              self.model, self.version, str(cols["text"][i]), made or now)
+                                              self.model, self.version, str(cols["text"][i]), made or now,
+                                              chunk=json.loads(chunk) if chunk else None)
                     buffer = buffers.setdefault(tenant, [])
                     buffer.append(PointRecord(str(cols["point_id"][i]), np.asarray(vectors[i]), payload))
                     if len(buffer) >= self.flush_size:

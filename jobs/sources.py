@@ -17,6 +17,7 @@ Nothing here starts Ray or touches the store at import time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from deployments.vector_store import StoreConfig, VectorStore, open_store
+from deployments.vector_store.payloads import chunk_of
 from jobs.texts import validate_text
 
 if TYPE_CHECKING:
@@ -79,7 +81,7 @@ def scroll_tenant_pages(
         while True:
             points, offset = store.scroll(collection, tenant, page_size, offset, False)
             if points:
-                rows: dict[str, list[Any]] = {c: [] for c in (*ROW_COLUMNS, "text_issue", "created_at")}
+                rows: dict[str, list[Any]] = {c: [] for c in (*ROW_COLUMNS, "text_issue", "created_at", "chunk")}
                 for point in points:
                     payload = point.payload or {}
                     text, issue = validate_text(payload.get("text"))
@@ -90,6 +92,8 @@ def scroll_tenant_pages(
                     rows["text_issue"].append(issue)
                     created = payload.get("created_at")
                     rows["created_at"].append(created if isinstance(created, str) else "")
+                    chunk = chunk_of(payload)  # a document chunk keeps its place in the document
+                    rows["chunk"].append(json.dumps(chunk) if chunk else "")
                 yield pd.DataFrame(rows)
             if offset is None:
                 break
@@ -120,6 +124,8 @@ def _add_issue_column(batch: pd.DataFrame) -> pd.DataFrame:
         batch["text_issue"] = ""
     if "created_at" not in batch.columns:
         batch["created_at"] = ""
+    if "chunk" not in batch.columns:
+        batch["chunk"] = ""
     return batch
 
 

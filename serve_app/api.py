@@ -13,9 +13,11 @@ from serve_app.body_limit import BodySizeLimitMiddleware
 from serve_app.errors import error_body, install_error_handlers
 from serve_app.metrics import RequestObservabilityMiddleware
 from serve_app.metrics import router as metrics_router
-from serve_app.routes import health, openai_compat
+from serve_app.routes import health, openai_compat, tei_compat
 from serve_app.services import Services
 
+# The one route whose body may exceed max_body_bytes (a whole document; serve_app/routes/vectors_documents.py).
+DOCUMENTS_PATH = "/vectors/documents"
 UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -54,6 +56,7 @@ def create_api(services: Services, extra_routers: tuple[Any, ...] = ()) -> FastA
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(openai_compat.router)
+    app.include_router(tei_compat.router)
     app.include_router(metrics_router)
     for router in extra_routers:
         app.include_router(router)
@@ -62,7 +65,8 @@ def create_api(services: Services, extra_routers: tuple[Any, ...] = ()) -> FastA
     if services.settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=services.settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=services.settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=services.settings.max_body_bytes,
+                       path_limits={DOCUMENTS_PATH: services.settings.document_body_bytes})
     # Outermost of all: counts, times and logs every answer, refusals above included.
     app.add_middleware(RequestObservabilityMiddleware)
     return app

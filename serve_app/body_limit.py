@@ -7,6 +7,9 @@
   instead, whatever it sends after that is discarded, and the client gets the ``413``.
 
 Nothing is buffered: chunks flow to the application as they arrive.
+
+``path_limits`` gives single routes a limit of their own (e.g. ``POST /vectors/documents``, whose one
+document may need more than the default): the limit of a request is its exact path's, else ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -25,20 +28,22 @@ class RequestBodyTooLarge(Exception):
 class BodySizeLimitMiddleware:
     """Refuse HTTP requests whose body exceeds ``max_bytes`` with a 413 JSON error."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes < 0:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None) -> None:
+        if max_bytes < 0 or any(limit < 0 for limit in (path_limits or {}).values()):
             raise ValueError("max_bytes must be non-negative")
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._send_413(send)
+        if declared is not None and declared > max_bytes:
+            await self._send_413(send, max_bytes)
             return
 
         received = 0
@@ -52,7 +57,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise RequestBodyTooLarge
             return message
@@ -71,11 +76,11 @@ class BodySizeLimitMiddleware:
             if not exceeded:
                 raise
         if exceeded and not response_started:
-            await self._send_413(send)
+            await self._send_413(send, max_bytes)
         # If the app had already started its response, it cannot be replaced; returning without
         # completing it makes the server close the connection.
 
-    async def _send_413(self, send: Send) -> None:
+    async def _send_413(self, send: Send, max_bytes: int) -> None:
         body = json.dumps(
             {
                 "error": {
@@ -83,7 +88,7 @@ class BodySizeLimitMiddleware:
                     # the application: this middleware answers before anything else runs.
                     "type": "payload_too_large",
                     "code": "body_too_large",
-                    "message": f"Request body exceeds the limit of {self.max_bytes} bytes.",
+                    "message": f"Request body exceeds the limit of {max_bytes} bytes.",
                     "param": "body",
                     "field": "body",
                 }

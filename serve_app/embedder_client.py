@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-import numpy as np
-
 from deployments.backends import EmbeddingBackend, EmbedOutput
 from deployments.tenant_labels import UNNAMED_TENANT
 from serve_app.call_merger import DEFAULT_MAX_IN_FLIGHT, CallMerger
@@ -35,16 +33,6 @@ class EmbedderClient(Protocol):
     async def embed(self, model: str, texts: list[str], tenant: str = UNNAMED_TENANT) -> EmbedOutput: ...
 
     async def info(self, model: str) -> dict[str, Any]: ...
-
-
-def _merge(parts: list[EmbedOutput]) -> EmbedOutput:
-    if len(parts) == 1:
-        return parts[0]
-    return EmbedOutput(
-        vectors=np.concatenate([p.vectors for p in parts]),
-        token_counts=[c for p in parts for c in p.token_counts],
-        truncated=[t for p in parts for t in p.truncated],
-    )
 
 
 class ServeEmbedderClient:
@@ -115,7 +103,7 @@ class ServeEmbedderClient:
             raise too_busy("the embedder queue is full; retry shortly", 1.0) from None
         except TimeoutError:
             raise too_busy("the embedder did not answer in time; retry shortly", 2.0) from None
-        return _merge(list(parts))
+        return EmbedOutput.concat(list(parts))
 
     async def info(self, model: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._handle(model).info.remote()

@@ -190,17 +190,24 @@ async def _api_error_handler(_: Request, exc: Exception) -> Response:
     return json_response(exc.body(), exc.status_code, exc.headers)
 
 
-async def _validation_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+def validation_error_body(exc: RequestValidationError) -> tuple[int, dict[str, Any]]:
+    """(status, error body) for a request that failed validation: 400 for broken JSON, else 422 naming the
+    first offending field, every one listed under ``details``."""
     errors = list(exc.errors()) or [{"loc": ("body",), "msg": "invalid request", "type": "value_error"}]
     if errors[0].get("type") == "json_invalid":
-        return json_response(error_body("invalid_request_error", "invalid_json",
-                                        f"request body is not valid JSON: {errors[0].get('msg')}", "body"), 400)
+        return 400, error_body("invalid_request_error", "invalid_json",
+                               f"request body is not valid JSON: {errors[0].get('msg')}", "body")
     reported = _validation_errors(errors)
     first, field, message = reported[0]
     body = error_body("invalid_request_error", str(first.get("type", "invalid_value")), message, field)
     body["error"]["details"] = [{"field": f, "code": str(e.get("type")), "message": m} for e, f, m in reported[:20]]
-    return json_response(body, 422)
+    return 422, body
+
+
+async def _validation_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    status, body = validation_error_body(exc)
+    return json_response(body, status)
 
 
 async def _http_error_handler(_: Request, exc: Exception) -> Response:

@@ -17,7 +17,7 @@ from serve_app.db.database import Database
 from serve_app.embedder_client import ServeEmbedderClient
 from serve_app.metrics import MetricsSources
 from serve_app.rate_limit import ConcurrencyGate
-from serve_app.routes import jobs, vectors_search, vectors_write
+from serve_app.routes import jobs, vectors_documents, vectors_search, vectors_write
 from serve_app.routing import RouteResolver, ensure_model_collections
 from serve_app.services import Services
 from serve_app.settings import get_settings
@@ -61,6 +61,6 @@ class Gateway:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = create_api(self.services, extra_routers=(
-            vectors_search.router, vectors_write.router, jobs.router))
+            vectors_search.router, vectors_write.router, vectors_documents.router, jobs.router))
         app.state.metrics_sources = MetricsSources(self.embedders, self.relay, self.store_actor, self.services.db)
         return app

@@ -38,6 +38,7 @@ from deployments.vector_store import (
 )
 from deployments.vector_store.payloads import segment_payload
 from serve_app.db.database import Database
+from serve_app.db.documents import DOCUMENT_CLEANUP_TASK, DocumentRepository, chunk_segment_id
 from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
 from serve_app.db.outbox import ClaimedMessage, OutboxQueue
 from serve_app.db.routes import Route
@@ -65,7 +66,8 @@ def point_payload(msg: ClaimedMessage, model: str, model_version: str) -> dict[s
     """A point's payload in a collection of ``model`` (the collection's own model, as the bulk job writes it)."""
     p = msg.payload
     return segment_payload(p["org_id"], p["asset_id"], p["segment_id"], model, model_version,
-                           str(p.get("text") or ""), datetime.now(UTC).isoformat(), job_id=msg.job_id)
+                           str(p.get("text") or ""), datetime.now(UTC).isoformat(), job_id=msg.job_id,
+                           chunk=p.get("chunk"))
 
 
 class RelayCore:
@@ -116,11 +118,13 @@ class RelayCore:
         if not messages:
             return 0
         self._maybe_crash("after_claim")
-        unknown = [m for m in messages if m.task not in EMBED_TASKS | {REEMBED_TASK}]
+        unknown = [m for m in messages if m.task not in EMBED_TASKS | {REEMBED_TASK, DOCUMENT_CLEANUP_TASK}]
         for msg in unknown:
             await self._fail([msg], f"unknown outbox task {msg.task!r}")
         for msg in (m for m in messages if m.task == REEMBED_TASK):
             await self._submit_reembed(msg)
+        for msg in (m for m in messages if m.task == DOCUMENT_CLEANUP_TASK):
+            await self._clean_document(msg)
         embed = [m for m in messages if m.task in EMBED_TASKS]
         if embed:
             await self._process_embed(embed)
@@ -169,6 +173,7 @@ class RelayCore:
                     if target == route.live:
                         for i, point in zip(rows, points, strict=True):
                             written[i] = (point.id, target_model, target_version, route.write_targets)
+            superseded = await self._undo_superseded(messages, by_tenant, routes)
             self._maybe_crash("after_upsert")
             results = []
             for i in keep:
@@ -181,6 +186,7 @@ class RelayCore:
                     "embedding_model": live_model, "model_version": live_version, "vector_size": len(vector),
                     "tokens": tokens, "truncated": truncated,
                     "completed_at": datetime.now(UTC).isoformat(),
+                    **({"superseded": True} if i in superseded else {}),
                 }))
             done = await asyncio.to_thread(self.queue.complete_many, results)
             self.delivered += sum(done)
@@ -188,6 +194,60 @@ class RelayCore:
             logger.warning("relay batch of %d %s jobs failed: %s", len(messages), model, exc, extra=fields(
                 job_ids=[m.job_id for m in messages][:20], model=model, stage="embed_upsert", count=len(messages)))
             await self._fail(messages, f"{type(exc).__name__}: {str(exc)[:500]}")
+
+    async def _undo_superseded(self, messages: list[ClaimedMessage], by_tenant: dict[str, list[int]],
+                               routes: dict[str, Route]) -> set[int]:
+        """Document chunks just written whose document is no longer at their version (changed or deleted since
+        they were accepted): their points are deleted again, now. Read AFTER the upsert, so a change committed
+        later is covered by its own cleanup job (serve_app/db/documents.py explains the ordering)."""
+        chunks = [i for rows in by_tenant.values() for i in rows if messages[i].payload.get("chunk")]
+        if not chunks:
+            return set()
+        pairs = {(messages[i].payload["org_id"], messages[i].payload["asset_id"]) for i in chunks}
+
+        def read() -> dict[tuple[str, str], str | None]:
+            with self.db.readonly_sessions() as session:
+                return DocumentRepository(session).current_versions(pairs)
+
+        current = await asyncio.to_thread(read)
+        stale = {i for i in chunks if current.get((messages[i].payload["org_id"], messages[i].payload["asset_id"]))
+                 != messages[i].payload["chunk"]["doc_version"]}
+        for tenant, rows in by_tenant.items():
+            segments = [(messages[i].payload["asset_id"], messages[i].payload["segment_id"])
+                        for i in rows if i in stale]
+            if segments:
+                await self._delete_points(tenant, segments, routes[tenant].write_targets)
+        return stale
+
+    async def _delete_points(self, tenant: str, segments: list[tuple[str, str]], collections: list[str]) -> int:
+        """Delete the tenant's points of these (asset_id, segment_id)s from ``collections``, by their
+        deterministic IDs in each (idempotent: an ID already gone is no error)."""
+        deleted = 0
+        for collection in collections:
+            try:
+                model, version = parse_collection_name(collection)
+            except ValueError:
+                continue
+            ids = [point_id_for(tenant, asset, segment, model, version) for asset, segment in segments]
+            deleted += await self.store.delete_ids(collection, tenant, ids)
+        return deleted
+
+    async def _clean_document(self, msg: ClaimedMessage) -> None:
+        """Delete the chunks of a replaced document version (a ``document_cleanup`` job) from every collection."""
+        p = msg.payload
+        try:
+            if not await asyncio.to_thread(self.queue.mark_running, msg, "deleting", 50):
+                return  # the lease is lost (another relay has it) or the job was canceled
+            segments = [(p["asset_id"], chunk_segment_id(stale["doc_version"], i))
+                        for stale in p["stale"] for i in range(int(stale["chunks"]))]
+            deleted = await self._delete_points(p["org_id"], segments, await self.store.list_collections())
+            done = await asyncio.to_thread(self.queue.complete, msg, {
+                "org_id": p["org_id"], "asset_id": p["asset_id"], "replaced_by": p["replaced_by"],
+                "stale": p["stale"], "deleted": deleted, "completed_at": datetime.now(UTC).isoformat()})
+            self.delivered += int(done)
+        except Exception as exc:
+            logger.warning("document cleanup job %s failed: %s", msg.job_id, exc)
+            await self._fail([msg], f"{type(exc).__name__}: {str(exc)[:500]}")
 
     async def _embed_for(self, messages: list[ClaimedMessage], routes: dict[str, Route], outputs: Embedded) -> None:
         """Fill ``outputs[model][i]`` (vector, tokens, truncated) for every message ``i`` whose tenant's route

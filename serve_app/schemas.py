@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
 # C0 control characters other than tab, LF and CR, and DEL. NUL cannot be stored in a PostgreSQL text
@@ -112,6 +112,16 @@ class SearchResult(BaseModel):
     asset_id: str
     segment_id: str
     text_preview: str
+    chunk_index: int | None = Field(None, description="A document chunk's position in its document "
+                                    "(POST /vectors/documents); null for segments written one by one.")
+    char_start: int | None = Field(None, description="Where the chunk starts in its document (characters).")
+    char_end: int | None = Field(None, description="Where it ends: document[char_start:char_end] is the chunk.")
+
+
+def chunk_fields(payload: dict[str, Any]) -> dict[str, int]:
+    """A point payload's document-chunk fields (SearchResult's chunk_index, char_start, char_end), where set."""
+    return {name: int(payload[name]) for name in ("chunk_index", "char_start", "char_end")
+            if isinstance(payload.get(name), int)}
 
 
 class SearchResponse(BaseModel):
@@ -249,3 +259,129 @@ class ReembedRequest(BaseModel):
     to_version: VersionName | None = Field(None, description="Target collection version; the registry's when omitted.")
     dry_run: bool = Field(False, description="Report what would happen; write nothing.")
     switch: bool = Field(True, description="Switch this tenant to the target once verified (false: verify only).")
+
+
+class DocumentRequest(BaseModel):
+    """``POST /vectors/documents``: a whole text for an asset, cut into chunks the model takes whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asset_id: Identifier
+    text: EmbedText = Field(description="The document; at most max_document_bytes (1 MiB) of UTF-8; no control "
+                            "characters but tab, LF and CR.")
+    model: StrictStr | None = Field(None, description="Registered model; the default when omitted. Its own "
+                                    "tokenizer cuts the chunks.")
+    chunk_tokens: int | None = Field(None, ge=32, description="Most tokens per chunk; the model's max sequence "
+                                     "length minus its special tokens (MiniLM: 254) when omitted, never more.")
+    overlap_tokens: int | None = Field(None, ge=0, description="Tokens consecutive chunks share (about: cuts fall "
+                                       "between words); at most half of chunk_tokens; 32 when omitted.")
+
+
+class DocumentChunkAccepted(BaseModel):
+    chunk_index: int
+    char_start: int
+    char_end: int = Field(description="document[char_start:char_end] is the chunk's text.")
+    segment_id: str = Field(description="doc:<doc_version>:<chunk_index>")
+    job_id: str
+    status: str
+    created: bool
+    point_id: str = Field(description="The chunk's point in the tenant's live collection.")
+
+
+class DocumentAccepted(BaseModel):
+    asset_id: str
+    doc_version: str = Field(description="<generation>.<content hash>: grows on every change of the document.")
+    created: bool = Field(description="False when this exact document (text, model, chunking) is already the "
+                          "current one: nothing new was created.")
+    replaced_version: str | None = Field(None, description="The version this one replaces; its chunks are "
+                                         "deleted by cleanup_job_id (and any still in flight delete themselves).")
+    cleanup_job_id: str | None = None
+    model: str
+    model_version: str
+    embedding_model: str
+    chunk_tokens: int
+    overlap_tokens: int
+    chunks: list[DocumentChunkAccepted]
+
+
+class TeiEmbedRequest(BaseModel):
+    """Hugging Face text-embeddings-inference's ``POST /embed`` body. Unknown keys are ignored, as TEI does;
+    the ``parameters`` object of the Hugging Face Inference API form (huggingface_hub's InferenceClient) is
+    read too."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: EmbedText | Annotated[list[EmbedText], Field(min_length=1)] = Field(
+        ..., description="A string or a non-empty list of strings (token-id inputs are not supported).")
+    normalize: StrictBool = Field(True, description="false: the raw mean-pooled vectors.")
+    truncate: StrictBool | None = Field(None, description="false/null: an input longer than max_input_length "
+                                        "is refused (413); true: it is cut to it.")
+    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
+        "Right", description="Which end truncate=true cuts.")
+    prompt_name: StrictStr | None = Field(None, description="A key of the model's sentence-transformers prompts.")
+    model: StrictStr | None = Field(None, description="Heimdex extension: a registered model; the default when "
+                                    "omitted.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_parameters(cls, data: Any) -> Any:
+        return lift_parameters(data, ("normalize", "truncate", "truncation_direction", "prompt_name"))
+
+
+class TeiTokenizeRequest(BaseModel):
+    """TEI's ``POST /tokenize`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: EmbedText | Annotated[list[EmbedText], Field(min_length=1)]
+    add_special_tokens: StrictBool = True
+    prompt_name: StrictStr | None = None
+    model: StrictStr | None = Field(None, description="Heimdex extension: a registered model.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_parameters(cls, data: Any) -> Any:
+        return lift_parameters(data, ("add_special_tokens", "prompt_name"))
+
+
+def lift_parameters(data: Any, names: tuple[str, ...]) -> Any:
+    """The Inference API form ``{"inputs", "parameters": {...}}`` as TEI's flat form (top-level keys win)."""
+    if isinstance(data, dict) and isinstance(data.get("parameters"), dict):
+        lifted = {k: v for k, v in data["parameters"].items() if k in names and v is not None}
+        return {**lifted, **{k: v for k, v in data.items() if k != "parameters"}}
+    return data
+
+
+class TeiToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None = Field(description="Character offset in the input; null for special tokens.")
+    stop: int | None
+
+
+class TeiEmbeddingModel(BaseModel):
+    pooling: str
+
+
+class TeiModelType(BaseModel):
+    embedding: TeiEmbeddingModel
+
+
+class TeiInfo(BaseModel):
+    """TEI's ``GET /info``."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: TeiModelType
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None

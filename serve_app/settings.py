@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         200_000, ge=1, description="Longest single text accepted before truncation to the model's tokens."
     )
     max_batch_segments: int = Field(256, ge=1, description="Most segments in one /vectors/embed:batch call.")
+    max_document_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest document (UTF-8 bytes of its text) POST /vectors/documents takes; "
+        "its body limit is at least 3x this plus 64 KiB (JSON escapes), whatever max_body_bytes says.")
+    max_document_chunks: int = Field(4096, ge=1, description="Most chunks (so jobs) one document may make.")
+    document_overlap_tokens: int = Field(32, ge=0, description="Tokens consecutive chunks of a document share "
+                                         "when the request names no overlap_tokens.")
 
     # Auth
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
@@ -133,6 +139,12 @@ class Settings(BaseSettings):
         if self.anonymous_embeddings is None:
             return self.env == "development"
         return self.anonymous_embeddings
+
+    @property
+    def document_body_bytes(self) -> int:
+        """The body limit of POST /vectors/documents: a max_document_bytes text, JSON-escaped at worst (a
+        2-byte UTF-8 character becomes a 6-byte \\uXXXX escape), with room for the other fields."""
+        return max(self.max_body_bytes, 3 * self.max_document_bytes + 64 * 1024)
 
     def store_config(self) -> StoreConfig:
         """What the vector-store layer needs of these settings (a picklable value for Ray tasks)."""

@@ -35,6 +35,27 @@ class EmbedOutput:
     vectors: FloatArray  # shape (n, dimension), float32, L2-normalised when the model asks for it
     token_counts: list[int]  # tokens fed to the model per text, special tokens included
     truncated: list[bool]  # True where the text was cut to the model's max tokens
+    # L2 norm of each pooled vector before normalisation: ``vectors * norms[:, None]`` is the raw mean-pooled
+    # vector (TEI's ``normalize=false``). None from producers that do not know it.
+    norms: FloatArray | None = None
+
+    def rows(self, start: int, end: int) -> EmbedOutput:
+        """The outputs of texts ``start..end`` (one caller's slice of a merged pass)."""
+        return EmbedOutput(self.vectors[start:end], self.token_counts[start:end], self.truncated[start:end],
+                           None if self.norms is None else self.norms[start:end])
+
+    @staticmethod
+    def concat(parts: list[EmbedOutput]) -> EmbedOutput:
+        """Several outputs as one, in order (norms only when every part has them)."""
+        if len(parts) == 1:
+            return parts[0]
+        norms = [p.norms for p in parts if p.norms is not None]
+        return EmbedOutput(
+            vectors=np.concatenate([p.vectors for p in parts]),
+            token_counts=[c for p in parts for c in p.token_counts],
+            truncated=[t for p in parts for t in p.truncated],
+            norms=np.concatenate(norms) if len(norms) == len(parts) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -44,7 +65,10 @@ class Tokenized:
 
 
 class EmbeddingBackend(ABC):
-    """Pre (tokenise) → core (model forward) → post (pool already done, normalise)."""
+    """Pre (tokenise) → core (model forward) → post (pool already done, normalise).
+
+    ``forward`` returns the raw mean-pooled vectors (no normalisation inside the model): ``embed`` records
+    their norms before normalising, so callers can recover the un-normalised vectors."""
 
     name: str = "abstract"
 
@@ -68,7 +92,7 @@ class EmbeddingBackend(ABC):
 
     @abstractmethod
     def forward(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray:
-        """Pooled sentence embeddings for one padded chunk, shape (rows, dimension)."""
+        """Pooled, NOT normalised sentence embeddings for one padded chunk, shape (rows, dimension)."""
 
     def warmup(self) -> None:
         """Run one tiny batch so the first real request does not pay for lazy initialisation."""
@@ -76,7 +100,8 @@ class EmbeddingBackend(ABC):
 
     def embed(self, texts: list[str]) -> EmbedOutput:
         if not texts:
-            return EmbedOutput(np.zeros((0, self.dimension), dtype=np.float32), [], [])
+            return EmbedOutput(np.zeros((0, self.dimension), dtype=np.float32), [], [],
+                               np.zeros((0,), dtype=np.float32))
         tokenized = self.tokenize(texts)
         lengths = np.fromiter((len(ids) for ids in tokenized.ids), dtype=np.int64, count=len(texts))
         order = np.argsort(lengths, kind="stable")
@@ -90,9 +115,10 @@ class EmbeddingBackend(ABC):
                 input_ids[row, : len(ids)] = ids
                 attention_mask[row, : len(ids)] = 1
             out[chunk] = self.forward(input_ids, attention_mask)
+        norms = np.linalg.norm(out, axis=1).astype(np.float32)
         if self.spec.normalize:
             out = l2_normalize(out)
-        return EmbedOutput(out, lengths.tolist(), tokenized.truncated)
+        return EmbedOutput(out, lengths.tolist(), tokenized.truncated, norms)
 
     def _chunks(self, order: IntArray, lengths: IntArray) -> list[IntArray]:
         """Split length-sorted indices into chunks whose padded size fits the token budget."""

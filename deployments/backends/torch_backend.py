@@ -33,6 +33,9 @@ class TorchBackend(EmbeddingBackend):
         if device.startswith("cuda"):
             self._model.half()
         self._model.eval()
+        # The model's modules minus its Normalize: forward returns the raw pooled vector (as the ONNX graphs do);
+        # base.embed records its norm, then normalises.
+        self._modules = [m for m in self._model if type(m).__name__ != "Normalize"]
         self._tokenizer = FastTokenizer(weights, spec.max_tokens)
 
     def tokenize(self, texts: list[str]) -> Tokenized:
@@ -42,8 +45,8 @@ class TorchBackend(EmbeddingBackend):
         torch = self._torch
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = torch.from_numpy(attention_mask).to(self.device)
+        features = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
         with torch.inference_mode():
-            features = self._model.forward(
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-            )
+            for module in self._modules:
+                features = module(features)
         return np.asarray(features["sentence_embedding"].float().cpu().numpy(), dtype=np.float32)

@@ -3,6 +3,13 @@
 Importing this package creates no engine and opens no connection.
 """
 
+from serve_app.db.documents import (
+    DOCUMENT_CLEANUP_TASK,
+    ChunkSpan,
+    DocumentConflictError,
+    DocumentRepository,
+    DocumentSubmission,
+)
 from serve_app.db.engine import make_engine, make_sessionmaker, upgrade_database
 from serve_app.db.jobs import (
     CreatedJob,
@@ -15,6 +22,7 @@ from serve_app.db.jobs import (
 from serve_app.db.keys import make_job_key, request_hash, text_hash
 from serve_app.db.models import (
     Base,
+    Document,
     IdempotencyKey,
     Job,
     JobEvent,
@@ -31,12 +39,18 @@ from serve_app.db.switches import REAL_EMBEDDINGS, SWITCH_CACHE_TTL_S, SwitchRep
 from serve_app.db.transitions import InvalidTransitionError
 
 __all__ = [
+    "DOCUMENT_CLEANUP_TASK",
     "REAL_EMBEDDINGS",
     "ROUTE_CACHE_TTL_S",
     "SWITCH_CACHE_TTL_S",
     "Base",
+    "ChunkSpan",
     "ClaimedMessage",
     "CreatedJob",
+    "Document",
+    "DocumentConflictError",
+    "DocumentRepository",
+    "DocumentSubmission",
     "EmbedSegment",
     "IdempotencyConflictError",
     "IdempotencyKey",

@@ -63,6 +63,15 @@ class EmbedSegment:
     text: str
     model: str
     model_version: str
+    # A document chunk's place in its document (doc_version, chunk_index, char_start, char_end); None otherwise.
+    chunk: dict[str, Any] | None = None
+
+    def as_payload(self) -> dict[str, Any]:
+        """The segment's fields for its outbox payload (and request hash): ``chunk`` only when there is one."""
+        fields = asdict(self)
+        if self.chunk is None:
+            del fields["chunk"]
+        return fields
 
 
 class CreatedJob(NamedTuple):
@@ -113,7 +122,7 @@ class JobRepository:
         ``idempotency_key``, a replay with the same ``request_hash`` (default: hash of the
         segments) returns the stored jobs; a different hash raises ``IdempotencyConflictError``.
         """
-        req_hash = request_hash or keys.request_hash([asdict(s) for s in segments])
+        req_hash = request_hash or keys.request_hash([s.as_payload() for s in segments])
 
         def work() -> list[CreatedJob]:
             if idempotency_key is not None:
@@ -129,6 +138,16 @@ class JobRepository:
 
         return self._in_transaction(work)
 
+    def add_embed_jobs(self, org_id: str, requested_by: str | None, segments: list[EmbedSegment]) -> list[CreatedJob]:
+        """:meth:`create_embed_jobs` without an Idempotency-Key and WITHOUT committing: for a caller that
+        writes more rows in the same transaction (a document's chunks and its document row)."""
+        return self._create_embed_many(org_id, requested_by, segments)
+
+    def add_job(self, org_id: str, job_type: str, job_key: str, requested_by: str | None, outbox_task: str,
+                outbox_payload: dict[str, Any]) -> CreatedJob:
+        """:meth:`create_job` WITHOUT committing (the caller's transaction holds it)."""
+        return self._create_one(org_id, job_type, job_key, requested_by, outbox_task, lambda job_id: outbox_payload)
+
     def create_job(
         self,
         org_id: str,
@@ -141,10 +160,7 @@ class JobRepository:
         """Create a job with its outbox message (``job_id`` is added to the payload), or return
         the existing job with this ``job_key``."""
         return self._in_transaction(
-            lambda: self._create_one(
-                org_id, job_type, job_key, requested_by, outbox_task, lambda job_id: outbox_payload
-            )
-        )
+            lambda: self.add_job(org_id, job_type, job_key, requested_by, outbox_task, outbox_payload))
 
     def create_tracked_job(self, org_id: str, job_type: str, job_key: str, requested_by: str | None) -> CreatedJob:
         """Create a job row (and its first event) for work that already runs elsewhere, e.g. a re-embed
@@ -180,7 +196,7 @@ class JobRepository:
                          "stage": "queued", "message": None, "created_at": now} for job, _ in fresh.values()])
                     self._session.execute(insert(Outbox), [
                         {"job_id": job.id, "org_id": org_id, "task": embed_task(seg.model),
-                         "payload": {"org_id": org_id, **asdict(seg), "job_id": job.id},
+                         "payload": {"org_id": org_id, **seg.as_payload(), "job_id": job.id},
                          "state": OutboxState.PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now,
                          "updated_at": now} for job, seg in fresh.values()])
             except IntegrityError:
@@ -203,7 +219,7 @@ class JobRepository:
         job_key = self._embed_job_key(org_id, seg)
 
         def payload(job_id: str) -> dict[str, Any]:
-            return {"org_id": org_id, **asdict(seg)}
+            return {"org_id": org_id, **seg.as_payload()}
 
         return self._create_one(org_id, EMBED_JOB_TYPE, job_key, requested_by, embed_task(seg.model), payload)
 

@@ -196,3 +196,22 @@ class ServiceSwitch(Base):
     enabled: Mapped[bool] = mapped_column(Boolean)
     changed_by: Mapped[str | None] = mapped_column(String(128))
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Document(Base):
+    """The current version of one asset's document (``POST /vectors/documents``): what its chunks are.
+
+    ``generation`` grows on every change and never goes back, so each version's chunks (segment ids, point
+    IDs, job keys) are new, even when a document returns to an earlier text. ``doc_version`` is None after
+    ``DELETE /vectors/assets/{id}``: every chunk still in flight then finds itself stale (see the relay)."""
+
+    __tablename__ = "documents"
+
+    org_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    asset_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    doc_version: Mapped[str | None] = mapped_column(String(64))
+    content_hash: Mapped[str] = mapped_column(String(64))  # text + model + chunking: equal means unchanged
+    generation: Mapped[int] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

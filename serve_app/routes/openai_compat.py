@@ -13,6 +13,7 @@ from serve_app.deps import EmbeddingsPrincipalDep, ServicesDep
 from serve_app.errors import ApiError, json_response
 from serve_app.models_check import resolve_model
 from serve_app.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelCard, ModelList
+from serve_app.settings import Settings
 from serve_app.switches import require_real_embeddings
 
 router = APIRouter(tags=["openai"])
@@ -28,6 +29,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, str]] = {
 }
 
 
+def checked_inputs(settings: Settings, inputs: str | list[str], field: str) -> list[str]:
+    """The texts of an embedding request (one string or a list), within the request limits every embedding
+    route shares (items per request, characters per text, no blank text); 422 naming ``field`` otherwise."""
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if len(texts) > settings.max_items_per_request:
+        raise ApiError(422, "too_many_items",
+                       f"{field} has {len(texts)} items; at most {settings.max_items_per_request} are allowed",
+                       field=field)
+    for index, text in enumerate(texts):
+        if len(text) > settings.max_text_chars:
+            raise ApiError(422, "text_too_long",
+                           f"{field}[{index}] has {len(text)} characters; at most {settings.max_text_chars}",
+                           field=f"{field}.{index}")
+        if not text.strip():
+            raise ApiError(422, "empty_text", f"{field}[{index}] is blank", field=f"{field}.{index}")
+    return texts
+
+
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
 async def create_embeddings(
     body: EmbeddingsRequest, services: ServicesDep, principal: EmbeddingsPrincipalDep
@@ -35,18 +54,7 @@ async def create_embeddings(
     """Embed a string or a list of strings, as OpenAI's embeddings API does."""
     settings = services.settings
     await require_real_embeddings(services)
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if len(texts) > settings.max_items_per_request:
-        raise ApiError(422, "too_many_items",
-                       f"input has {len(texts)} items; at most {settings.max_items_per_request} are allowed",
-                       field="input")
-    for index, text in enumerate(texts):
-        if len(text) > settings.max_text_chars:
-            raise ApiError(422, "text_too_long",
-                           f"input[{index}] has {len(text)} characters; at most {settings.max_text_chars}",
-                           field=f"input.{index}")
-        if not text.strip():
-            raise ApiError(422, "empty_text", f"input[{index}] is blank", field=f"input.{index}")
+    texts = checked_inputs(settings, body.input, "input")
     spec = resolve_model(body.model, settings.default_model, services.embedders.served_models())
     if body.dimensions is not None and body.dimensions != spec.dimension:
         raise ApiError(422, "dimensions_mismatch",

@@ -14,6 +14,7 @@ from serve_app.deps import PrincipalDep, ServicesDep
 from serve_app.errors import ApiError
 from serve_app.models_check import resolve_model
 from serve_app.routes.openai_compat import ERROR_RESPONSES
+from serve_app.routes.vectors_documents import forget_document
 from serve_app.schemas import (
     DeleteAssetResponse,
     SearchRequest,
@@ -21,12 +22,13 @@ from serve_app.schemas import (
     SearchResult,
     TenantRouteView,
     VectorStats,
+    chunk_fields,
 )
 from serve_app.switches import real_embeddings_enabled, require_real_embeddings
 
 router = APIRouter(prefix="/vectors", tags=["vectors"])
 
-SEARCH_PAYLOAD_FIELDS = ["asset_id", "segment_id", "text_preview"]
+SEARCH_PAYLOAD_FIELDS = ["asset_id", "segment_id", "text_preview", "chunk_index", "char_start", "char_end"]
 
 
 def _model_of(collection: str) -> str:
@@ -75,7 +77,8 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
     return SearchResponse(
         results=[SearchResult(point_id=h.point_id, score=h.score, asset_id=str(h.payload.get("asset_id", "")),
                               segment_id=str(h.payload.get("segment_id", "")),
-                              text_preview=str(h.payload.get("text_preview", ""))) for h in hits],
+                              text_preview=str(h.payload.get("text_preview", "")), **chunk_fields(h.payload))
+                 for h in hits],
         query=body.query, limit=body.limit, model=spec.name, embedding_model=live.name)
 
 
@@ -87,6 +90,7 @@ async def delete_asset(
     """Delete this tenant's points of ``asset_id`` in every collection, every model and version (other
     tenants untouched): a rollback or a migration's target can never bring a deleted asset back."""
     store = services.require_store()
+    await forget_document(services, principal.org_id, asset_id)  # first: chunks in flight then remove themselves
     collections = await store.list_collections()
     deleted = 0
     models: set[str] = set()

@@ -65,18 +65,27 @@ async def _live_versions(services: Services, org_id: str,
         return segments, {s.model: s.model for s in segments}
     versions: dict[str, str] = {}
     live_models: dict[str, str] = {}
-    served = services.embedders.served_models()
     for model in {s.model for s in segments}:
-        route = await services.routes.aresolve(org_id, model)
-        live_models[model], versions[model] = parse_collection_name(route.live)
-        # A write reaches every write target, each embedded by its own model: refuse now, not in the relay.
-        missing = [m for m in route.write_models if m not in served and m != MOCK_MODEL]
-        if missing:
-            raise ApiError(503, "live_model_not_served",
-                           f"this tenant's {model!r} writes go to {', '.join(route.write_targets)}, which need "
-                           f"{', '.join(missing)}; this deployment serves {', '.join(served)}: deploy it or roll "
-                           f"the tenant back", field="model", headers={"Retry-After": "30"})
+        live_models[model], versions[model] = await live_collection(services, org_id, model, "")
     return [replace(s, model_version=versions[s.model]) for s in segments], live_models
+
+
+async def live_collection(services: Services, org_id: str, model: str, version: str) -> tuple[str, str]:
+    """(model, version) of the tenant's live collection for writes naming ``model``; 503 when a collection
+    its writes reach needs a model this deployment does not serve. Without a route resolver: ``model`` and
+    ``version`` as given."""
+    if services.routes is None:
+        return model, version
+    route = await services.routes.aresolve(org_id, model)
+    served = services.embedders.served_models()
+    # A write reaches every write target, each embedded by its own model: refuse now, not in the relay.
+    missing = [m for m in route.write_models if m not in served and m != MOCK_MODEL]
+    if missing:
+        raise ApiError(503, "live_model_not_served",
+                       f"this tenant's {model!r} writes go to {', '.join(route.write_targets)}, which need "
+                       f"{', '.join(missing)}; this deployment serves {', '.join(served)}: deploy it or roll "
+                       f"the tenant back", field="model", headers={"Retry-After": "30"})
+    return parse_collection_name(route.live)
 
 
 async def _create(services: Services, org_id: str, sub: str, segments: list[EmbedSegment],

@@ -191,3 +191,21 @@ def test_batch_composition_does_not_change_vectors(onnx_backend: EmbeddingBacken
     alone = np.stack([onnx_backend.embed([t]).vectors[0] for t in TEXTS[:10]])
     together = onnx_backend.embed(TEXTS).vectors[:10]
     assert _cosines(alone, together).min() >= 0.995
+
+
+def test_norms_give_the_raw_mean_pooled_vectors_of_sentence_transformers(
+        onnx_backend: EmbeddingBackend, torch_backend: EmbeddingBackend) -> None:
+    """TEI's normalize=false: vectors x norms is the model's un-normalised mean pooling, on every backend."""
+    texts = ["The quick brown fox.", "A second, somewhat longer sentence about embeddings and norms."]
+    # The reference: sentence-transformers' own token embeddings, mean-pooled here (its encode always applies
+    # the model's Normalize module, whatever normalize_embeddings says).
+    tokens = torch_backend._model.encode(texts, output_value="token_embeddings")  # type: ignore[attr-defined]
+    reference = np.stack([np.asarray(t.cpu().numpy()).mean(axis=0) for t in tokens])
+    for backend in (torch_backend, onnx_backend):
+        out = backend.embed(texts)
+        assert out.norms is not None and out.norms.shape == (2,)
+        raw = out.vectors * out.norms[:, None]
+        tolerance = 1e-3 if backend.name != "onnx-int8" else 0.15
+        np.testing.assert_allclose(np.linalg.norm(raw, axis=1), np.linalg.norm(reference, axis=1), rtol=tolerance)
+        if backend.name != "onnx-int8":
+            np.testing.assert_allclose(raw, reference, atol=1e-4)
