@@ -26,8 +26,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadRunner, LoadSpec, check_loopback, percentiles
+from bench.load import LoadRunner, LoadSpec, check_loopback
 from bench.texts import text_set
+from bench.timing import percentiles
 
 MODEL = "minilm-l6-v2"
 FLOOD_TENANT = "bench-flood"
