@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.timing import write_json
+
 MODEL = "minilm-l6-v2"
 # Rows the bench's bulk step re-embeds: enough for a steady state well past the ~10 s start-up.
 BENCH_ROWS = 12000
@@ -140,10 +142,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['bulk_elapsed_s']:.1f}s, {figures['bulk_startup_s']}s to the first write)")
     print(f"engine ceiling: {top['texts_per_s']:.1f}/s ({top['engine']}, batch {top['batch_size']})")
     print(f"ratio bulk/ceiling: {figures['bulk_ratio']:.3f} steady, {figures['bulk_ratio_end_to_end']:.3f} end to end")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        keys = ("bulk_rows_per_s", "bulk_rows_per_s_end_to_end", "ceiling", "bulk_ratio", "bulk_ratio_end_to_end")
-        args.json.write_text(json.dumps({k: figures[k] for k in keys} | {"details": figures}, indent=2))
+    keys = ("bulk_rows_per_s", "bulk_rows_per_s_end_to_end", "ceiling", "bulk_ratio", "bulk_ratio_end_to_end")
+    write_json(args.json, {k: figures[k] for k in keys} | {"details": figures})
     return 0
 
 

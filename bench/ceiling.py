@@ -23,7 +23,6 @@ graph's (cosine), so a faster engine that computes something else shows.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import timing
 from bench.machine import machine_info, usable_cores
 from bench.texts import text_set
 from bench.timing import cosine_stats, single_latency, sweep
@@ -274,21 +274,16 @@ def describe(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="0.5 s trials")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds per throughput trial (default 2)")
+    parser = timing.parser("python -m bench.ceiling", __doc__, "0.5 s trials", "seconds per trial (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="default: the Embedder's, from serve_config.yaml")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {','.join(ENGINES)}")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     engines = tuple(e for e in args.engines.split(",") if e)
     if "onnx-fp32" not in engines:
         parser.error("onnx-fp32 is the reference the others are checked against: keep it in --engines")
     result = {"machine": machine_info(), **measure_ceiling(args.quick, args.threads, args.seconds, engines=engines)}
     print("\n".join(describe(result)))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    timing.write_json(args.json, result)
     return 0
 
 

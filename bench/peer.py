@@ -25,7 +25,6 @@ Infinity has no asynchronous ingest (jobs) or bulk path: those rows have no peer
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -40,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from bench import timing
 from bench.ceiling import BENCH_DIR, MODEL, OVER_LIMIT_TEXT, check_texts, served_vectors
 from bench.timing import cosine_stats, in_subprocess
 
@@ -201,17 +201,12 @@ def measure_peer(quick: bool = False, seconds: float | None = None, batch_size: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.peer", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short load runs")
-    parser.add_argument("--seconds", type=float, default=None, help="at most this long per load mode")
+    parser = timing.parser("python -m bench.peer", __doc__, "short load runs", "at most this long per load mode")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Infinity's --batch-size")
-    parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
     result = measure_peer(args.quick, args.seconds, args.batch_size)
     print(json.dumps({k: v for k, v in result.items() if k != "modes"}, indent=2, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    timing.write_json(args.json, result)
     return 0 if "skipped" not in result else 1
 
 

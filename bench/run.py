@@ -24,7 +24,6 @@ on. Benchmarks print figures and compare them with the goals; they never fail on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
@@ -36,6 +35,7 @@ from typing import Any
 from bench.load import LoadRunner, LoadSpec
 from bench.machine import machine_info
 from bench.texts import text_set
+from bench.timing import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
@@ -517,19 +517,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_json(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = Bench(args).run()
-    write_json(result, args.json)
     dated = args.json.with_name(f"bench-{result['machine']['date'].replace(':', '')}.json")
-    write_json(result, dated)
+    for path in (args.json, dated):
+        write_json(path, result)
     print_table(result)
     print(f"results: {args.json} (and {dated.name})")
     return 0

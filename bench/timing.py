@@ -3,9 +3,10 @@
 Every bench module that times something uses these, so a figure means the same wherever it comes
 from: ``throughput_trial`` (one warm-up call, then calls until a text count *or* a duration is
 reached), ``sweep`` (the trial at each batch size, and the best), ``single_latency`` (one text per
-call), ``percentiles`` (p50/p90/p99/mean/min/max in ms) and ``cosine_stats`` (row-wise agreement of two
-vector sets). ``in_subprocess`` runs a measurement in a fresh spawned process, so the models and
-thread pools it loads leave with it. Machine facts are :mod:`bench.machine`.
+call), ``percentiles`` (p50/p90/p99/mean/min/max in ms) and ``cosine_stats`` (row-wise agreement of
+two vector sets). ``write_json`` writes a result file whole or not at all; ``in_subprocess`` runs a
+measurement in a fresh spawned process, so the models and thread pools it loads leave with it.
+Machine facts are :mod:`bench.machine`.
 
 Imports only the standard library and numpy: ``bench/gpu_profile.py --run`` uses it on a GPU machine
 where nothing else of the project's dependencies is installed.
@@ -13,10 +14,14 @@ where nothing else of the project's dependencies is installed.
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +140,25 @@ class Budget:
 
     def remaining(self) -> float:
         return self.seconds - self.elapsed()
+
+
+def parser(prog: str, doc: str | None, quick: str, seconds: str) -> argparse.ArgumentParser:
+    """A bench command line with the flags every measuring module has: --quick, --seconds, --json."""
+    out = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    out.add_argument("--quick", action="store_true", help=quick)
+    out.add_argument("--seconds", type=float, default=None, help=seconds)
+    out.add_argument("--json", type=Path, default=None, help="also write the result here")
+    return out
+
+
+def write_json(path: Path | None, data: Any) -> None:
+    """``data`` as indented JSON at ``path`` (folders made; written whole or not at all); None: nothing."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def in_subprocess(fn: Callable[..., Any], *args: Any, timeout_s: float = 1800.0, **kwargs: Any) -> Any:
