@@ -462,6 +462,13 @@ def print_table(result: dict[str, Any]) -> None:
         if i == 0:
             print("-+-".join("-" * w for w in widths) + "-+-" + "-" * 20)
     f = result["figures"]
+    beaten = [f"{row.label}: {who} {ratio:.2f}" for row in ROWS if row.kind == "rate"
+              for who, ratio in (("Heimdex", f.get(f"{row.key}_ratio")), ("Infinity", f.get(f"{row.key}_peer_ratio")))
+              if ratio and ratio > 1.05]
+    if beaten:  # a server cannot outrun the raw engine it runs: the ceiling was taken under other load
+        print(f"WARNING: a server beat the raw engine ceiling ({'; '.join(beaten)}): the machine was not quiet "
+              "while one of them was measured, or the ceiling lacks the engine that server runs. Do not read "
+              "these ratios.")
     print()
     for figure, (op, goal) in OTHER_GOALS.items():
         met = verdict(f.get(figure), op, goal)
