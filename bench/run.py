@@ -186,7 +186,13 @@ class Bench:
             self.step("ceiling", self._ceiling)
             self.step("peer", lambda: self._peer(runner))
             if set(HEIMDEX_STEPS) - self.skip:
-                self._heimdex(runner, out)
+                try:
+                    self._heimdex(runner, out)
+                except Exception as exc:  # no service: the ceiling and the peer measured so far still count
+                    reason = f"no Heimdex stack: {type(exc).__name__}: {exc}"
+                    print(f"[bench] {reason}", flush=True)
+                    out["stack_error"] = traceback.format_exc(limit=8)
+                    self.skipped.update({s: reason for s in HEIMDEX_STEPS if s not in self.raw})
             else:
                 self.skipped.update({s: "skipped with --skip" for s in HEIMDEX_STEPS})
         out["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -414,10 +420,8 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str, st
         top = ceiling.get(row.ceiling)
         if row.kind == "latency":
             ceil = f"{top['p50_ms']:.2f} ms ({top['engine']})" if top else "-"
-            ours = (f"{f['latency_p50_ms']:.2f} ms (+{f['latency_over_ceiling_ms']:.2f})"
-                    if f.get("latency_p50_ms") is not None and f.get("latency_over_ceiling_ms") is not None else "-")
-            theirs = (f"{f['latency_peer_p50_ms']:.2f} ms (+{f['latency_peer_over_ceiling_ms']:.2f})"
-                      if f.get("latency_peer_p50_ms") is not None and top else "-")
+            ours = _ms_cell(f.get("latency_p50_ms"), f.get("latency_over_ceiling_ms"))
+            theirs = _ms_cell(f.get("latency_peer_p50_ms"), f.get("latency_peer_over_ceiling_ms"))
             versus = _fmt(f.get("latency_vs_peer"), 2)
         else:
             ceil = f"{top['texts_per_s']:.1f}/s ({top['engine']}, b{top['batch_size']})" if top else "-"
@@ -437,6 +441,10 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str, st
                 theirs, versus = "no equivalent", "-"
         rows.append((row.label, ceil, ours, theirs, versus, _goal_cell(row, f)))
     return rows
+
+
+def _ms_cell(p50: float | None, over: float | None) -> str:
+    return "-" if p50 is None else f"{p50:.2f} ms" + ("" if over is None else f" ({over:+.2f})")
 
 
 def _rate_cell(rate: float | None, ratio: float | None) -> str:
