@@ -51,8 +51,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The bench extras go in only when one is missing or off its pin, and only they: the venv may be
+# shared by several checkouts, and `pip install -e .[bench]` would re-point its editable install at
+# this one. The peer (Infinity) gets a venv of its own under .heimdex/bench, built on first use and
+# reused after (bench/peer.py).
 bench: install
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@missing="$$($(BIN)/python scripts/missing_extras.py bench)"; \
+	if [ -n "$$missing" ]; then echo "installing the bench extras: $$missing"; $(BIN)/python -m pip install -q $$missing; fi
 	$(BIN)/python -m bench.run
 
 clean: stop

@@ -1,8 +1,8 @@
-"""Bulk path throughput: the Ray Data re-embedding pipeline vs raw ``SentenceTransformer.encode``.
+"""Bulk path throughput: the Ray Data re-embedding pipeline vs the engine ceiling (``bench.ceiling``).
 
 ``python -m bench.bulk [--n 4000] [--batch-size 128] [--concurrency 1] [--num-cpus C] [--json PATH]``
 
-Both sides embed the same N short texts (``bench.texts.short_texts``) with minilm-l6-v2 in one run:
+The pipeline embeds N short texts (``bench.texts.short_texts``) with minilm-l6-v2 in one run:
 
 * bulk: ``jobs.reembed.run`` over a JSONL source into a throw-away store (its own store actor and
   data directory), i.e. read → validate/point IDs/skip check → EmbedBatch actor pool → Qdrant sink
@@ -10,8 +10,9 @@ Both sides embed the same N short texts (``bench.texts.short_texts``) with minil
   planning, starting the actor pool and loading the model: ~10 s that a migration of millions of
   rows pays once) and steady (rows embedded after the first write over the time from the first
   write to the last). ``bulk_ratio`` is the steady one; both are printed and recorded.
-* raw: the same weights in this process, ``encode(texts, batch_size=b, normalize_embeddings=True)``
-  for b in 32/64/128 (model loaded and warmed up beforehand, not timed); the best is reported.
+* ceiling: the fastest raw fp32 engine at its best batch size on SHORT texts (same generator), from
+  the same ``bench.run`` run, or measured first in a subprocess when run alone. Both rates are divided
+  by it: ``bulk_ratio`` (steady) and ``bulk_ratio_end_to_end``.
 
 Starts its own local Ray (``ray.init(address="local")``) unless one is already initialised (the
 bench stack's, in ``bench.run``: there the job plans its own actors, as on a user's cluster).
@@ -30,8 +31,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.timing import write_json
+
 MODEL = "minilm-l6-v2"
-RAW_BATCH_SIZES = (32, 64, 128)
 # Rows the bench's bulk step re-embeds: enough for a steady state well past the ~10 s start-up.
 BENCH_ROWS = 12000
 
@@ -42,25 +44,6 @@ def write_jsonl(path: Path, texts: list[str]) -> None:
             org = "bench-a" if i % 2 == 0 else "bench-b"
             handle.write(json.dumps({"org_id": org, "asset_id": f"asset-{i % 50}", "segment_id": f"seg-{i}",
                                      "text": text}) + "\n")
-
-
-def raw_encode_rates(texts: list[str], batch_sizes: tuple[int, ...] = RAW_BATCH_SIZES) -> dict[int, float]:
-    """texts/s of plain SentenceTransformer.encode per batch size (model load and warm-up untimed)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    from deployments.registry import get_model
-
-    spec = get_model(MODEL)
-    model = SentenceTransformer(str(spec.weights_dir()), device="cpu")
-    model.max_seq_length = spec.max_tokens
-    model.encode(texts[:64], batch_size=32, normalize_embeddings=True)
-    rates: dict[int, float] = {}
-    for batch_size in batch_sizes:
-        started = time.perf_counter()
-        model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
-        rates[batch_size] = len(texts) / (time.perf_counter() - started)
-    return rates
 
 
 def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: float | None) -> dict[str, Any]:
@@ -111,15 +94,20 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure_bulk(n: int = 12000, batch_size: int = 128, concurrency: int = 1,
-                 num_cpus: float | None = None) -> dict[str, Any]:
-    """Pipeline rows/s next to raw encode's best rows/s on the same ``n`` texts."""
+def measure_bulk(n: int = BENCH_ROWS, batch_size: int = 128, concurrency: int = 1, num_cpus: float | None = None,
+                 ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pipeline rows/s (steady and end to end) over the engine ceiling on SHORT texts: ``ceiling``
+    (``bench.ceiling``'s ``ceiling.short``, from the same run) or measured here first."""
     from bench.texts import short_texts
 
+    if ceiling is None:
+        from bench.ceiling import FP32_ENGINES, measure_ceiling
+        from bench.timing import in_subprocess
+
+        ceiling = in_subprocess(measure_ceiling, sets=("short",), engines=FP32_ENGINES)["ceiling"]["short"]
+    assert ceiling is not None
     texts = list(short_texts(n))
     result = bulk_rate(texts, batch_size, concurrency, num_cpus)
-    raw = raw_encode_rates(texts)
-    best_batch = max(raw, key=lambda b: raw[b])
     end_to_end_per_s = result["embedded"] / result["elapsed_s"]
     steady_per_s = result.get("steady_embedded_per_s") or end_to_end_per_s
     return {
@@ -131,11 +119,9 @@ def measure_bulk(n: int = 12000, batch_size: int = 128, concurrency: int = 1,
         "bulk_elapsed_s": result["elapsed_s"],
         "bulk_wall_s": round(result["wall_s"], 2),
         "bulk_resources": result.get("resources"),
-        "raw_per_s_by_batch": {str(b): round(r, 1) for b, r in raw.items()},
-        "raw_best_per_s": round(raw[best_batch], 1),
-        "raw_best_batch": best_batch,
-        "bulk_ratio": round(steady_per_s / raw[best_batch], 3),
-        "bulk_ratio_end_to_end": round(end_to_end_per_s / raw[best_batch], 3),
+        "ceiling": ceiling,
+        "bulk_ratio": round(steady_per_s / ceiling["texts_per_s"], 3),
+        "bulk_ratio_end_to_end": round(end_to_end_per_s / ceiling["texts_per_s"], 3),
     }
 
 
@@ -150,17 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     figures = measure_bulk(args.n, args.batch_size, args.concurrency, args.num_cpus)
-    raw = figures["raw_per_s_by_batch"]
+    top = figures["ceiling"]
     print(f"bulk pipeline: {figures['bulk_rows_per_s']:.1f} rows/s steady, "
           f"{figures['bulk_rows_per_s_end_to_end']:.1f} rows/s end to end ({figures['bulk_embedded']} rows in "
           f"{figures['bulk_elapsed_s']:.1f}s, {figures['bulk_startup_s']}s to the first write)")
-    print("raw encode:    " + ", ".join(f"batch {b}: {r:.1f}/s" for b, r in raw.items())
-          + f"  (best: batch {figures['raw_best_batch']}, {figures['raw_best_per_s']:.1f}/s)")
-    print(f"ratio bulk/raw: {figures['bulk_ratio']:.3f} steady, {figures['bulk_ratio_end_to_end']:.3f} end to end")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        keys = ("bulk_rows_per_s", "raw_best_per_s", "raw_best_batch", "bulk_ratio", "bulk_ratio_end_to_end")
-        args.json.write_text(json.dumps({k: figures[k] for k in keys} | {"details": figures}, indent=2))
+    print(f"engine ceiling: {top['texts_per_s']:.1f}/s ({top['engine']}, batch {top['batch_size']})")
+    print(f"ratio bulk/ceiling: {figures['bulk_ratio']:.3f} steady, {figures['bulk_ratio_end_to_end']:.3f} end to end")
+    keys = ("bulk_rows_per_s", "bulk_rows_per_s_end_to_end", "ceiling", "bulk_ratio", "bulk_ratio_end_to_end")
+    write_json(args.json, {k: figures[k] for k in keys} | {"details": figures})
     return 0
 
 

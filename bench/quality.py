@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.timing import write_json
 
 BENCHMARKS = {"SimLex-999": "simlex999.txt", "WordSim-353": "wordsim353.tsv"}
 MIN_RATIO = 0.99
@@ -97,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
               + "  " + "  ".join(f"{b}/torch={r:.4f}" for b, r in ratios.items()))
     results["pass"] = ok
     print("PASS" if ok else f"FAIL: a ratio is below {MIN_RATIO}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return 0 if ok else 1
 
 

@@ -1,68 +1,49 @@
-"""Heimdex benchmark: the service against the raw model, side by side in one run.
+"""Heimdex benchmark: the service, the raw engine ceiling and a peer server, side by side in one run.
 
-``python -m bench.run`` (``make bench``) starts a local Ray cluster with Heimdex deployed from
-serve_config.yaml (or attaches to ``--url``), measures, prints a table of ratios with the raw figures
-behind them, and writes ``bench/results/latest.json`` (``--json PATH`` to change). Steps:
+``python -m bench.run`` (``make bench``) measures, one after the other (never two at once), and prints
+one table with this run's figures:
 
-0. ``baseline``: raw ``SentenceTransformer.encode`` in this process (torch threads = cores, service
-   idle): best-batch-size throughput on SHORT and LONG texts, single-text latency p50/p99;
-1. ``single``: 32 concurrent clients, one short text per request: texts/s ÷ raw short texts/s
-   (``single_proxy``: the same through Ray's proxy, when the stack serves the Gateway directly);
-2. ``batched``: 4 concurrent clients, 32 short texts per request: texts/s ÷ raw short texts/s;
-3. ``latency``: one client, one text: p50/p99 minus the raw single-text p50/p99;
-   ``isolation``: ``bench.isolation``: a 2-client trickle tenant's p99 while another tenant floods ÷ its idle p99;
-4. ``ingest``: segments/s from ``POST /vectors/embed:batch`` to all jobs succeeded ÷ raw texts/s;
-5. ``bulk``: ``bench.bulk.measure_bulk`` (12,000 rows; steady and end-to-end rates);
-6. ``search``: ``POST /vectors/search`` p50 at 100,000 stored points (10 tenants x 10,000) minus the
-   raw single-text p50;
-7. ``int8``: ``bench.backends`` (ONNX int8 vs torch), last: it loads models into this process;
-8. ``memory``: peak summed RSS of the stack's Ray processes, sampled through the whole run.
+0. ``ceiling``: ``bench.ceiling`` in a subprocess of its own (so its models and threads leave with it):
+   torch, ONNX Runtime fp32 on the served graph, and that graph fused by ORT's transformer optimizer,
+   each at its best batch size, on SHORT and LONG texts, with the Embedder's thread count; one-text
+   latency; int8 against onnx-fp32 beside it. The ceiling is always the MAX over the fp32 engines;
+1. ``peer``: ``bench.peer``: Infinity on the same model (its own venv, checked for the same vectors),
+   through the same load modes and load generator, before the Heimdex stack starts;
+2. the Heimdex steps, against a fresh local stack (serve_config.yaml on a local Ray cluster) or a
+   running service (``--url``): ``single`` (32 clients x 1 SHORT text), ``single_proxy`` (the same through
+   Ray's proxy), ``batched`` (4 clients x 32 SHORT texts), ``batched_long`` (4 x 32 LONG), ``latency``
+   (1 client x 1 text), ``isolation``, ``ingest`` (``POST /vectors/embed:batch`` until every job
+   succeeded), ``bulk`` (12,000 rows re-embedded, end to end and steady), ``search``, ``memory``.
 
-Every step is bounded in requests and in time; a step that fails or is unavailable is recorded as
-null with the reason, and the run goes on. Benchmarks print figures and compare them with the goals;
-they never fail on wall time.
+The table: figure | engine ceiling (engine, batch) | Heimdex (÷ ceiling) | Infinity (÷ ceiling) |
+Heimdex ÷ Infinity | goal. ``--skip heimdex`` measures the ceiling and the peer only. Every step is
+bounded in requests and time; a step that fails is recorded as null with the reason and the run goes
+on. Benchmarks print figures and compare them with the goals; they never fail on wall time.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.load import LoadRunner, LoadSpec
 from bench.machine import machine_info
-from bench.optional import call_optional
 from bench.texts import text_set
+from bench.timing import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
 MODEL = "minilm-l6-v2"
-STEPS = ("baseline", "single", "single_proxy", "batched", "latency", "isolation", "ingest", "bulk", "search", "int8",
-         "memory")
-
-# figure -> (comparison, goal). A figure is only compared; nothing fails on it.
-GOALS: dict[str, tuple[str, float]] = {
-    "serve_single_ratio": (">=", 0.60),
-    "serve_batched_ratio": (">=", 0.85),
-    "overhead_p50_ms": ("<=", 5.0),
-    "overhead_p99_ms": ("<=", 25.0),
-    "ingest_ratio": (">=", 0.70),
-    "bulk_ratio": (">=", 0.80),
-    "search_overhead_p50_ms": ("<=", 15.0),
-    "isolation_p99_ratio": ("<=", 2.0),  # bench/isolation.py: a trickle's p99 during another tenant's flood / idle
-    "int8_speedup": (">=", 2.0),
-}
-# Informational: the single-text load through Ray's HTTP proxy instead of the Gateway's own server;
-# the served backend's own speed over the torch ceiling; the latency overhead over the served
-# backend's own single-text latency (the service's hops alone, whatever the backend's speed).
-FIGURES = (*GOALS, "peak_rss_mb", "serve_single_ratio_via_proxy", "served_backend_ratio",
-           "overhead_p50_ms_vs_served_backend", "overhead_p99_ms_vs_served_backend")
+LOAD_MODES = ("single", "batched", "batched_long", "latency")
+HEIMDEX_STEPS = ("single", "single_proxy", "batched", "batched_long", "latency", "isolation", "ingest", "bulk",
+                 "search", "memory")
+STEPS = ("ceiling", "peer", *HEIMDEX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -76,10 +57,13 @@ class Profile:
     batched_texts: int = 32
     batched_requests: int = 400
     batched_seconds: float = 30.0
+    long_requests: int = 120
+    long_seconds: float = 30.0
     latency_requests: int = 600
     latency_seconds: float = 30.0
     ingest_segments: int = 2048
     ingest_seconds: float = 240.0
+    bulk_rows: int = 12_000
     search_tenants: int = 10
     search_points_per_tenant: int = 10_000
     seed_seconds: float = 300.0
@@ -88,19 +72,52 @@ class Profile:
 
 
 FULL = Profile()
-QUICK = Profile(single_requests=800, single_seconds=6.0, batched_requests=60, batched_seconds=6.0,
-                latency_requests=100, latency_seconds=5.0, ingest_segments=256, ingest_seconds=40.0,
-                search_tenants=2, search_points_per_tenant=2_000, seed_seconds=20.0, search_requests=60,
-                search_seconds=10.0)
+QUICK = Profile(single_requests=800, single_seconds=6.0, batched_requests=60, batched_seconds=6.0, long_requests=20,
+                long_seconds=6.0, latency_requests=100, latency_seconds=5.0, ingest_segments=256, ingest_seconds=40.0,
+                bulk_rows=1000, search_tenants=2, search_points_per_tenant=2_000, seed_seconds=20.0,
+                search_requests=60, search_seconds=10.0)
 
 
-def embeddings_bodies(texts: list[str], per_request: int, count: int) -> list[dict[str, Any]]:
+def profile_for(quick: bool, seconds: float | None = None) -> Profile:
+    """FULL or QUICK, with every load window capped at ``seconds`` when given (a smoke run)."""
+    profile = QUICK if quick else FULL
+    if seconds is None:
+        return profile
+    return replace(profile, single_seconds=min(profile.single_seconds, seconds),
+                   batched_seconds=min(profile.batched_seconds, seconds),
+                   long_seconds=min(profile.long_seconds, seconds),
+                   latency_seconds=min(profile.latency_seconds, seconds))
+
+
+def embeddings_bodies(texts: list[str], per_request: int, count: int, model: str = MODEL) -> list[dict[str, Any]]:
     """``count`` distinct /v1/embeddings bodies of ``per_request`` texts (a bare string when 1)."""
     bodies: list[dict[str, Any]] = []
     for i in range(count):
         chunk = [texts[(i * per_request + j) % len(texts)] for j in range(per_request)]
-        bodies.append({"input": chunk[0] if per_request == 1 else chunk, "model": MODEL})
+        bodies.append({"input": chunk[0] if per_request == 1 else chunk, "model": model})
     return bodies
+
+
+def load_modes(url: str, p: Profile, headers: dict[str, str] | None = None) -> dict[str, LoadSpec]:
+    """The load modes Heimdex and the peer are both measured with: the same bodies, bounds and clients."""
+    short, long = text_set("short"), text_set("long")
+    headers = headers or {}
+    return {
+        "single": LoadSpec(url=url, bodies=embeddings_bodies(short, 1, 1000), concurrency=p.single_clients,
+                           max_requests=p.single_requests, max_duration_s=p.single_seconds, headers=headers,
+                           warmup_requests=2 * p.single_clients),
+        "batched": LoadSpec(url=url, bodies=embeddings_bodies(short, p.batched_texts, 60),
+                            concurrency=p.batched_clients, max_requests=p.batched_requests,
+                            max_duration_s=p.batched_seconds, headers=headers, items_per_request=p.batched_texts,
+                            warmup_requests=2 * p.batched_clients),
+        "batched_long": LoadSpec(url=url, bodies=embeddings_bodies(long, p.batched_texts, 60),
+                                 concurrency=p.batched_clients, max_requests=p.long_requests,
+                                 max_duration_s=p.long_seconds, headers=headers, items_per_request=p.batched_texts,
+                                 warmup_requests=p.batched_clients),
+        "latency": LoadSpec(url=url, bodies=embeddings_bodies(short[1000:], 1, 500), concurrency=1,
+                            max_requests=p.latency_requests, max_duration_s=p.latency_seconds, headers=headers,
+                            warmup_requests=10),
+    }
 
 
 def _batch_delta(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -122,14 +139,12 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick: bool = args.quick
-        self.profile = QUICK if args.quick else FULL
+        self.profile = profile_for(args.quick, args.seconds)
         self.skip: set[str] = set(args.skip)
         self.raw: dict[str, Any] = {}
         self.skipped: dict[str, str] = {}
         self.timings: dict[str, float] = {}
-        self.notes: list[str] = []
 
-    # --- plumbing ---------------------------------------------------------------------------
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         if name in self.skip:
             self.skipped[name] = "skipped with --skip"
@@ -151,39 +166,59 @@ class Bench:
         print(f"[bench] {name} done in {self.timings[name]:.1f}s", flush=True)
         return result
 
-    def raw_short(self) -> float | None:
-        base = self.raw.get("baseline")
-        return base["sets"]["short"]["best_texts_per_s"] if base else None
+    def ceiling(self, key: str) -> dict[str, Any] | None:
+        """The ceiling of a text set (``short``, ``long``) or of one text (``single``) from this run."""
+        ceiling = self.raw.get("ceiling")
+        return (ceiling.get("ceiling") or {}).get(key) if isinstance(ceiling, dict) else None
 
-    def raw_texts(self, name: str) -> float | None:
-        base = self.raw.get("baseline")
-        if not base or name not in base["sets"]:
-            return None
-        value: float = base["sets"][name]["best_texts_per_s"]
-        return value
-
-    def raw_single(self, key: str) -> float | None:
-        base = self.raw.get("baseline")
-        return base["single"][key] if base else None
-
-    def served_backend(self) -> dict[str, Any] | None:
-        base = self.raw.get("baseline")
-        served: dict[str, Any] | None = base.get("served_backend") if base else None
-        return served
+    def ceiling_rate(self, key: str) -> float | None:
+        top = self.ceiling(key)
+        return top["texts_per_s"] if top else None
 
     # --- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        p = self.profile
+        out: dict[str, Any] = {"machine": machine_info(), "mode": "quick" if self.quick else "full",
+                               "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
+                               "profile": asdict(p), "goals": GOALS_TEXT}
+        started = time.perf_counter()
+        with LoadRunner() as runner:
+            self.step("ceiling", self._ceiling)
+            self.step("peer", lambda: self._peer(runner))
+            if set(HEIMDEX_STEPS) - self.skip:
+                try:
+                    self._heimdex(runner, out)
+                except Exception as exc:  # no service: the ceiling and the peer measured so far still count
+                    reason = f"no Heimdex stack: {type(exc).__name__}: {exc}"
+                    print(f"[bench] {reason}", flush=True)
+                    out["stack_error"] = traceback.format_exc(limit=8)
+                    self.skipped.update({s: reason for s in HEIMDEX_STEPS if s not in self.raw})
+            else:
+                self.skipped.update({s: "skipped with --skip" for s in HEIMDEX_STEPS})
+        out["elapsed_s"] = round(time.perf_counter() - started, 1)
+        out["figures"] = self.figures()
+        out["raw"] = self.raw
+        out["skipped"] = self.skipped
+        out["step_seconds"] = self.timings
+        return out
+
+    def _ceiling(self) -> dict[str, Any]:
+        from bench.ceiling import measure_ceiling
+        from bench.timing import in_subprocess
+
+        result: dict[str, Any] = in_subprocess(measure_ceiling, self.quick, seconds=self.args.seconds)
+        return result
+
+    def _peer(self, runner: LoadRunner) -> dict[str, Any]:
+        from bench.peer import measure_peer
+
+        return measure_peer(self.quick, self.args.seconds, self.args.peer_batch_size, runner=runner)
+
+    def _heimdex(self, runner: LoadRunner, out: dict[str, Any]) -> None:
         from bench.memory import RssSampler
         from bench.stack import embedder_settings, open_stack
 
-        p = self.profile
-        short = text_set("short")
-        out: dict[str, Any] = {"machine": machine_info(), "mode": "quick" if self.quick else "full",
-                               "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
-                               "profile": asdict(p), "goals": {k: f"{op} {v}" for k, (op, v) in GOALS.items()}}
-        started = time.perf_counter()
-        with LoadRunner() as runner, open_stack(self.args.url, self.args.ray_address,
-                                                ingress=self.args.ingress) as stack:
+        with open_stack(self.args.url, self.args.ray_address, ingress=self.args.ingress) as stack:
             out["url"] = stack.url
             out["stack"] = {"local": stack.local, "notes": stack.notes,
                             "embedder": embedder_settings(stack.config) if stack.config else None}
@@ -194,11 +229,7 @@ class Bench:
                     out["stack"]["embedder_info"] = {"error": f"{type(exc).__name__}: {exc}"}
             sampler = None if "memory" in self.skip else RssSampler(local=stack.local).start()
             mark = sampler.mark if sampler else (lambda _phase: None)
-            headers = self._embedding_headers()
-            url = f"{stack.url}/v1/embeddings"
-
-            mark("baseline")
-            self.step("baseline", self._baseline)
+            modes = load_modes(f"{stack.url}/v1/embeddings", self.profile, self._embedding_headers())
 
             def load(name: str, spec: LoadSpec) -> dict[str, Any]:
                 mark(name)
@@ -207,48 +238,25 @@ class Bench:
                 result["embedder_batches"] = _batch_delta(before, stack.batch_stats())
                 return result
 
-            self.step("single", lambda: load("single", LoadSpec(
-                url=url, bodies=embeddings_bodies(short, 1, 1000), concurrency=p.single_clients,
-                max_requests=p.single_requests, max_duration_s=p.single_seconds, headers=headers,
-                warmup_requests=2 * p.single_clients)))
+            self.step("single", lambda: load("single", modes["single"]))
             if stack.proxy_url:  # direct ingress: the same load through Ray's proxy, side by side
-                self.step("single_proxy", lambda: load("single_proxy", LoadSpec(
-                    url=f"{stack.proxy_url}/v1/embeddings", bodies=embeddings_bodies(short, 1, 1000),
-                    concurrency=p.single_clients, max_requests=p.single_requests,
-                    max_duration_s=min(p.single_seconds, 15.0), headers=headers,
-                    warmup_requests=2 * p.single_clients)))
-            self.step("batched", lambda: load("batched", LoadSpec(
-                url=url, bodies=embeddings_bodies(short, p.batched_texts, 60), concurrency=p.batched_clients,
-                max_requests=p.batched_requests, max_duration_s=p.batched_seconds, headers=headers,
-                items_per_request=p.batched_texts, warmup_requests=2 * p.batched_clients)))
-            self.step("latency", lambda: load("latency", LoadSpec(
-                url=url, bodies=embeddings_bodies(short[1000:], 1, 500), concurrency=1,
-                max_requests=p.latency_requests, max_duration_s=p.latency_seconds, headers=headers,
-                warmup_requests=10)))
-            self.step("isolation", lambda: call_optional("bench.isolation", ("measure_isolation",),
-                                                         self._offered(stack)))
+                self.step("single_proxy", lambda: load("single_proxy", replace(
+                    modes["single"], url=f"{stack.proxy_url}/v1/embeddings",
+                    max_duration_s=min(self.profile.single_seconds, 15.0))))
+            for name in ("batched", "batched_long", "latency"):
+                self.step(name, lambda name=name: load(name, modes[name]))  # type: ignore[misc]
+            self.step("isolation", lambda: self._isolation(stack))
             mark("ingest")
             self.step("ingest", lambda: self._ingest(stack))
             mark("bulk")
-            self.step("bulk", lambda: self._optional_bulk(stack))
+            self.step("bulk", self._bulk)
             mark("search")
             self.step("search", lambda: self._search(stack, runner))
-            # Last: it loads torch and ONNX Runtime models into this driver process, whose threads and
-            # memory stayed behind and slowed the serve steps that came after it (245 vs 188 texts/s).
-            mark("int8")
-            self.step("int8", lambda: self._optional_int8(stack))
             if sampler is not None:
                 self.raw["memory"] = sampler.stop().as_dict()
                 self.timings["memory"] = 0.0
             else:
                 self.skipped["memory"] = "skipped with --skip"
-        out["elapsed_s"] = round(time.perf_counter() - started, 1)
-        out.update(self.figures())
-        out["raw"] = self.raw
-        out["skipped"] = self.skipped
-        out["step_seconds"] = self.timings
-        out["notes"] = self.notes
-        return out
 
     def _embedding_headers(self) -> dict[str, str]:
         if not self.args.auth_embeddings:
@@ -258,30 +266,15 @@ class Bench:
 
         return {"Authorization": f"Bearer {mint_token(Settings(), org_id='bench-embed', sub='bench')}"}
 
-    def _baseline(self) -> dict[str, Any]:
-        from bench.baseline import measure_baseline
+    def _isolation(self, stack: Any) -> dict[str, Any]:
+        from bench.isolation import measure_isolation
 
-        return measure_baseline(quick=self.quick)
+        return measure_isolation(stack.url, quick=self.quick)
 
-    def _offered(self, stack: Any) -> dict[str, Any]:
-        return {"quick": self.quick, "n": 512 if self.quick else 4000, "url": stack.url, "stack": stack,
-                "baseline": self.raw.get("baseline"), "raw_texts_per_s": self.raw_short(), "texts": text_set("short")}
+    def _bulk(self) -> dict[str, Any]:
+        from bench.bulk import measure_bulk
 
-    def _optional_int8(self, stack: Any) -> dict[str, Any]:
-        from bench.optional import backends_via_main, call_optional
-
-        result = call_optional("bench.backends", ("measure_backends", "measure_int8_speedup", "compare_backends"),
-                               self._offered(stack))
-        if str(result.get("skipped", "")).startswith("bench.backends has none of"):
-            result = backends_via_main(self.quick)
-        return result
-
-    def _optional_bulk(self, stack: Any) -> dict[str, Any]:
-        from bench.bulk import BENCH_ROWS
-        from bench.optional import call_optional
-
-        offered = {**self._offered(stack), "n": 1000 if self.quick else BENCH_ROWS}
-        return call_optional("bench.bulk", ("measure_bulk",), offered)
+        return measure_bulk(self.profile.bulk_rows, ceiling=self.ceiling("short"))
 
     def _ingest(self, stack: Any) -> dict[str, Any]:
         from bench.ingest import measure_ingest
@@ -302,55 +295,93 @@ class Bench:
         return {"seed": seeded, **measured}
 
     # --- figures ----------------------------------------------------------------------------------
-    def figures(self) -> dict[str, Any]:
-        from bench.optional import bulk_ratio, int8_speedup
+    def figures(self) -> dict[str, float | None]:
+        """Every figure of the table and of the lines under it (None where a side was not measured)."""
+        f: dict[str, float | None] = {}
+        peer = self.raw.get("peer") or {}
+        peer_modes = peer.get("modes") or {}
 
-        raw_short = self.raw_short()
-        f: dict[str, float | None] = dict.fromkeys(FIGURES)
+        def rate(result: Any) -> float | None:
+            return result.get("items_per_s") if isinstance(result, dict) and result.get("ok") else None
 
-        def ratio(value: float | None, denominator: float | None) -> float | None:
-            return value / denominator if value is not None and denominator else None
+        def p50(result: Any) -> float | None:
+            return result.get("p50_ms") if isinstance(result, dict) and result.get("ok") else None
 
-        def minus(value: float | None, base: float | None) -> float | None:
-            return value - base if value is not None and base is not None else None
-
-        single, batched, latency = (self.raw.get(k) for k in ("single", "batched", "latency"))
-        if isinstance(single, dict) and "items_per_s" in single:
-            f["serve_single_ratio"] = ratio(single["items_per_s"], raw_short)
-        if isinstance(batched, dict) and "items_per_s" in batched:
-            f["serve_batched_ratio"] = ratio(batched["items_per_s"], raw_short)
-        via_proxy = self.raw.get("single_proxy")
-        if isinstance(via_proxy, dict) and "items_per_s" in via_proxy:
-            f["serve_single_ratio_via_proxy"] = ratio(via_proxy["items_per_s"], raw_short)
-        if isinstance(latency, dict) and "p50_ms" in latency:
-            f["overhead_p50_ms"] = minus(latency["p50_ms"], self.raw_single("p50_ms"))
-            f["overhead_p99_ms"] = minus(latency["p99_ms"], self.raw_single("p99_ms"))
-        served = self.served_backend()
-        if served:
-            f["served_backend_ratio"] = ratio(served["texts_per_s"], raw_short)
-            if isinstance(latency, dict) and "p50_ms" in latency:
-                f["overhead_p50_ms_vs_served_backend"] = minus(latency["p50_ms"], served["single"]["p50_ms"])
-                f["overhead_p99_ms_vs_served_backend"] = minus(latency["p99_ms"], served["single"]["p99_ms"])
-        ingest = self.raw.get("ingest")
-        if isinstance(ingest, dict) and ingest.get("segments_per_s") is not None:
-            f["ingest_ratio"] = ratio(ingest["segments_per_s"], self.raw_texts(ingest.get("texts", "short")))
-        bulk = self.raw.get("bulk")
-        if isinstance(bulk, dict) and "skipped" not in bulk:
-            f["bulk_ratio"] = bulk_ratio(bulk, raw_short)
-        search = self.raw.get("search")
-        if isinstance(search, dict) and "query" in search:
-            f["search_overhead_p50_ms"] = minus(search["query"]["p50_ms"], self.raw_single("p50_ms"))
+        for row in ROWS:
+            if row.kind == "rate":
+                ceiling = self.ceiling_rate(row.ceiling)
+                ours, theirs = rate(self.raw.get(row.key)), rate(peer_modes.get(row.key))
+                f[f"{row.key}_texts_per_s"], f[f"{row.key}_peer_texts_per_s"] = ours, theirs
+                f[f"{row.key}_ratio"] = _div(ours, ceiling)
+                f[f"{row.key}_peer_ratio"] = _div(theirs, ceiling)
+                f[f"{row.key}_vs_peer"] = _div(ours, theirs)
+        single = self.ceiling("single")
+        ours_ms, theirs_ms = p50(self.raw.get("latency")), p50(peer_modes.get("latency"))
+        f["latency_p50_ms"], f["latency_peer_p50_ms"] = ours_ms, theirs_ms
+        f["latency_over_ceiling_ms"] = _minus(ours_ms, single["p50_ms"] if single else None)
+        f["latency_peer_over_ceiling_ms"] = _minus(theirs_ms, single["p50_ms"] if single else None)
+        f["latency_vs_peer"] = _div(ours_ms, theirs_ms)
+        ingest = self.raw.get("ingest") or {}
+        f["ingest_segments_per_s"] = ingest.get("segments_per_s")
+        f["ingest_jobs_per_s"] = _div(ingest.get("succeeded_jobs"), ingest.get("elapsed_s")) \
+            if ingest.get("segments_per_s") else None
+        f["ingest_ratio"] = _div(ingest.get("segments_per_s"), self.ceiling_rate(ingest.get("texts", "short")))
+        bulk = self.raw.get("bulk") or {}
+        for key in ("bulk_rows_per_s", "bulk_rows_per_s_end_to_end", "bulk_ratio", "bulk_ratio_end_to_end"):
+            f[key] = bulk.get(key)
+        f["single_proxy_ratio"] = _div(rate(self.raw.get("single_proxy")), self.ceiling_rate("short"))
+        search = self.raw.get("search") or {}
+        f["search_overhead_p50_ms"] = _minus((search.get("query") or {}).get("p50_ms"),
+                                             single["p50_ms"] if single else None)
         f["isolation_p99_ratio"] = (self.raw.get("isolation") or {}).get("isolation_p99_ratio")
-        memory = self.raw.get("memory")
-        if isinstance(memory, dict):
-            f["peak_rss_mb"] = memory.get("peak_rss_mb")
-        int8 = self.raw.get("int8")
-        if isinstance(int8, dict) and "skipped" not in int8:
-            f["int8_speedup"] = int8_speedup(int8)
-        return {k: None if v is None else round(v, 4) for k, v in f.items()}
+        f["peak_rss_mb"] = (self.raw.get("memory") or {}).get("peak_rss_mb")
+        int8 = ((self.raw.get("ceiling") or {}).get("int8") or {}).get("short") or {}
+        f["int8_speedup_vs_onnx_fp32"] = int8.get("speedup_vs_onnx_fp32")
+        return {k: None if v is None else round(float(v), 4) for k, v in f.items()}
 
 
-# --- the table ------------------------------------------------------------------------------------
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+# --- goals and the table ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a load mode (or ingest / bulk) against the ceiling and the peer."""
+
+    key: str
+    label: str
+    kind: str  # "rate" (texts/s), "latency" (p50 ms), "ingest", "bulk"
+    ceiling: str  # the ceiling it is divided by: "short", "long" or "single"
+    goals: tuple[tuple[str, str, float], ...]  # (figure, op, goal)
+
+
+ROWS = (
+    Row("single", "32 clients x 1 short", "rate", "short",
+        (("single_ratio", ">=", 0.80), ("single_vs_peer", ">=", 1.5))),
+    Row("batched", "4 clients x 32 short", "rate", "short",
+        (("batched_ratio", ">=", 0.95), ("batched_vs_peer", ">=", 1.3))),
+    Row("batched_long", "4 clients x 32 long (fp32)", "rate", "long",
+        (("batched_long_ratio", ">=", 0.95), ("batched_long_vs_peer", ">=", 1.1))),
+    Row("latency", "1 client x 1 text, p50 ms", "latency", "single",
+        (("latency_over_ceiling_ms", "<=", 2.0), ("latency_vs_peer", "<=", 0.6))),
+    Row("ingest", "ingest (succeeded jobs' texts/s)", "ingest", "short", (("ingest_ratio", ">=", 0.80),)),
+    Row("bulk_end_to_end", "bulk re-embed, end to end", "bulk", "short", (("bulk_ratio_end_to_end", ">=", 0.75),)),
+    Row("bulk_steady", "bulk re-embed, steady", "bulk", "short", (("bulk_ratio", ">=", 0.95),)),
+)
+# Figures under the table, with their goals where they have one.
+OTHER_GOALS: dict[str, tuple[str, float]] = {
+    "search_overhead_p50_ms": ("<=", 15.0),
+    "isolation_p99_ratio": ("<=", 2.0),
+}
+GOALS_TEXT = {figure: f"{op} {goal:g}" for row in ROWS for figure, op, goal in row.goals} | {
+    k: f"{op} {goal:g}" for k, (op, goal) in OTHER_GOALS.items()}
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -359,151 +390,156 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def verdict(figure: str, value: float | None) -> str:
-    if figure not in GOALS:
-        return ""
+def verdict(value: float | None, op: str, goal: float) -> bool | None:
     if value is None:
-        return "n/a"
-    op, goal = GOALS[figure]
-    met = value >= goal if op == ">=" else value <= goal
-    return "meets" if met else "MISSES"
+        return None
+    return value >= goal if op == ">=" else value <= goal
 
 
-def _load_line(r: Any) -> str:
-    if not isinstance(r, dict) or "items_per_s" not in r:
-        return "-"
-    return (f"{r['items_per_s']:.1f} texts/s ({r['concurrency']} clients x {r['items_per_request']} text"
-            f"{'s' if r['items_per_request'] > 1 else ''}, {r['ok']}/{r['requests']} ok, "
-            f"p50 {_fmt(r['p50_ms'])} ms, p99 {_fmt(r['p99_ms'])} ms, client cpu {r['client_cpu_pct']:.0f}%)")
+def _goal_cell(row: Row, f: dict[str, Any]) -> str:
+    parts, verdicts = [], []
+    for figure, op, goal in row.goals:
+        met = verdict(f.get(figure), op, goal)
+        verdicts.append(met)
+        what = "ceil" if not figure.endswith("vs_peer") else "Inf"
+        unit = " ms" if figure.endswith("_ms") else ("x" if what == "Inf" else "")
+        parts.append(f"{what} {op.replace('>=', '≥').replace('<=', '≤')}{goal:g}{unit}"
+                     + ("" if met is None else (" ok" if met else " MISSED")))
+    overall = "n/a" if any(v is None for v in verdicts) and not any(v is False for v in verdicts) else (
+        "met" if all(verdicts) else "MISSED")
+    return f"{overall}: {', '.join(parts)}"
 
 
-def explain(result: dict[str, Any]) -> dict[str, str]:
-    """The raw figures behind each ratio, one line each."""
-    raw = result["raw"]
-    skipped = result["skipped"]
-    base = raw.get("baseline") or {}
-    sets = base.get("sets", {})
-    short = sets.get("short", {})
-    single = base.get("single", {})
-    raw_tp = (f"raw {short['best_texts_per_s']:.1f} texts/s (batch {short['best_batch_size']})"
-              if short else "raw -")
-    raw_lat = f"raw encode p50 {_fmt(single.get('p50_ms'))} / p99 {_fmt(single.get('p99_ms'))} ms"
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """The table's cells: figure | ceiling | Heimdex (÷ ceiling) | Infinity (÷ ceiling) | H ÷ I | goal."""
+    f = result["figures"]
+    ceiling = ((result["raw"].get("ceiling") or {}).get("ceiling")) or {}
+    bulk = result["raw"].get("bulk") or {}
+    rows = []
+    for row in ROWS:
+        top = ceiling.get(row.ceiling)
+        if row.kind == "latency":
+            ceil = f"{top['p50_ms']:.2f} ms ({top['engine']})" if top else "-"
+            ours = _ms_cell(f.get("latency_p50_ms"), f.get("latency_over_ceiling_ms"))
+            theirs = _ms_cell(f.get("latency_peer_p50_ms"), f.get("latency_peer_over_ceiling_ms"))
+            versus = _fmt(f.get("latency_vs_peer"), 2)
+        else:
+            ceil = f"{top['texts_per_s']:.1f}/s ({top['engine']}, b{top['batch_size']})" if top else "-"
+            if row.kind == "rate":
+                ours = _rate_cell(f.get(f"{row.key}_texts_per_s"), f.get(f"{row.key}_ratio"))
+                theirs = _rate_cell(f.get(f"{row.key}_peer_texts_per_s"), f.get(f"{row.key}_peer_ratio"))
+                versus = _fmt(f.get(f"{row.key}_vs_peer"), 2)
+            elif row.kind == "ingest":
+                ours = _rate_cell(f.get("ingest_segments_per_s"), f.get("ingest_ratio"))
+                theirs, versus = "no equivalent", "-"
+            else:
+                steady = row.key == "bulk_steady"
+                ours = _rate_cell(f.get("bulk_rows_per_s" if steady else "bulk_rows_per_s_end_to_end"),
+                                  f.get("bulk_ratio" if steady else "bulk_ratio_end_to_end"))
+                if not steady and bulk.get("bulk_startup_s") is not None:
+                    ours += f", {bulk['bulk_startup_s']:.0f} s start-up"
+                theirs, versus = "no equivalent", "-"
+        rows.append((row.label, ceil, ours, theirs, versus, _goal_cell(row, f)))
+    return rows
 
-    def why(step: str, text: str) -> str:
-        return f"skipped: {skipped[step]}" if step in skipped else text
 
-    lines = {
-        "serve_single_ratio": why("single", f"{_load_line(raw.get('single'))} / {raw_tp}"),
-        "serve_single_ratio_via_proxy": why("single_proxy", f"{_load_line(raw.get('single_proxy'))} / {raw_tp}"),
-        "serve_batched_ratio": why("batched", f"{_load_line(raw.get('batched'))} / {raw_tp}"),
-    }
-    lat = raw.get("latency") or {}
-    lines["overhead_p50_ms"] = why("latency", f"serve p50 {_fmt(lat.get('p50_ms'))} ms - {raw_lat}")
-    lines["overhead_p99_ms"] = why("latency", f"serve p99 {_fmt(lat.get('p99_ms'))} ms - {raw_lat}")
-    ing = raw.get("ingest") or {}
-    lines["ingest_ratio"] = why("ingest", f"{_fmt(ing.get('segments_per_s'))} segments/s "
-                                          f"({ing.get('succeeded_jobs')}/{ing.get('jobs')} jobs in "
-                                          f"{_fmt(ing.get('elapsed_s'))} s) / {raw_tp}")
-    bulk = raw.get("bulk") or {}
-    lines["bulk_ratio"] = why("bulk", (
-        f"steady {_fmt(bulk.get('bulk_rows_per_s'))} rows/s, end to end {_fmt(bulk.get('bulk_rows_per_s_end_to_end'))}"
-        f" rows/s (ratio {_fmt(bulk.get('bulk_ratio_end_to_end'), 3)}, {_fmt(bulk.get('bulk_startup_s'))} s to the"
-        f" first write) over {bulk.get('n', '-')} rows / raw {_fmt(bulk.get('raw_best_per_s'))} texts/s"))
-    search = raw.get("search") or {}
-    seed = search.get("seed", {})
-    query = search.get("query", {})
-    vector = search.get("vector", {})
-    lines["search_overhead_p50_ms"] = why("search", (
-        f"search p50 {_fmt(query.get('p50_ms'))} ms (vector-only {_fmt(vector.get('p50_ms'))} ms) at "
-        f"{seed.get('points', '-')} points - raw encode p50 {_fmt(single.get('p50_ms'))} ms"))
-    mem = raw.get("memory") or {}
-    top = ", ".join(f"{k} {v:.0f}" for k, v in list(mem.get("peak_breakdown_mb", {}).items())[:4])
-    lines["peak_rss_mb"] = why("memory", f"{mem.get('peak_processes', '-')} processes at '{mem.get('peak_phase', '')}'"
-                                         f" (PSS {_fmt(mem.get('peak_pss_mb'), 0)} MB; {top})")
-    int8 = raw.get("int8") or {}
-    lines["int8_speedup"] = why("int8", f"from {int8.get('source', '-')}")
-    served = base.get("served_backend") or {}
-    served_single = served.get("single", {})
-    served_lat = (f"{served.get('backend', '-')} alone p50 {_fmt(served_single.get('p50_ms'))} / p99 "
-                  f"{_fmt(served_single.get('p99_ms'))} ms")
-    lines["served_backend_ratio"] = why("baseline", f"{served.get('backend', '-')} alone "
-                                                    f"{_fmt(served.get('texts_per_s'))} texts/s (batch 32) / {raw_tp}")
-    for pct in ("p50", "p99"):
-        lines[f"overhead_{pct}_ms_vs_served_backend"] = why(
-            "latency", f"serve {pct} {_fmt(lat.get(f'{pct}_ms'))} ms - {served_lat}")
-    return lines
+def _ms_cell(p50: float | None, over: float | None) -> str:
+    return "-" if p50 is None else f"{p50:.2f} ms" + ("" if over is None else f" ({over:+.2f})")
+
+
+def _rate_cell(rate: float | None, ratio: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}/s ({_fmt(ratio, 2)})"
 
 
 def print_table(result: dict[str, Any]) -> None:
-    lines = explain(result)
+    from bench.ceiling import describe
+
     m = result["machine"]
     print()
-    if result["mode"] == "quick":
-        print("QUICK smoke run: small counts, indicative only.")
+    if result["mode"] == "quick" or result["profile"]["single_seconds"] < 10:
+        print("SMOKE / QUICK run: small windows, indicative only.")
     print(f"Heimdex bench, {m['date']}, {m['cpu_model']}, {m['logical_cores']} cores, {m['memory_gb']} GB, "
-          f"python {m['python']}, torch {m['torch']}, ray {m['ray']}, load avg at start {m['load_average_at_start']}")
-    header = f"{'figure':<33} {'value':>9} {'goal':>8} {'':>7}  raw figures"
-    print(header)
-    print("-" * len(header))
-    for figure in FIGURES:
-        value = result.get(figure)
-        goal = " ".join(str(x) for x in GOALS[figure]) if figure in GOALS else ""
-        digits = 0 if figure == "peak_rss_mb" else (1 if figure.endswith("_ms") else 2)
-        print(f"{figure:<33} {_fmt(value, digits):>9} {goal:>8} {verdict(figure, value):>7}  {lines.get(figure, '')}")
-    base = result["raw"].get("baseline")
-    if base:
-        for name, s in base["sets"].items():
-            trials = ", ".join(f"{t['batch_size']}: {t['texts_per_s']:.0f}" for t in s["trials"])
-            print(f"  raw {name} ({s['mean_tokens']:.0f} tokens/text) texts/s by batch size: {trials}")
-    for name in ("single", "batched"):
+          f"python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, load avg at start "
+          f"{m['load_average_at_start']}")
+    header = ("figure", "engine ceiling (raw)", "Heimdex (÷ ceiling)", "Infinity (÷ ceiling)", "Heimdex ÷ Inf",
+              "goal")
+    cells = [header, *table_rows(result)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    for i, row in enumerate(cells):
+        print(" | ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)) + " | " + row[-1])
+        if i == 0:
+            print("-+-".join("-" * w for w in widths) + "-+-" + "-" * 20)
+    f = result["figures"]
+    beaten = [f"{row.label}: {who} {ratio:.2f}" for row in ROWS if row.kind == "rate"
+              for who, ratio in (("Heimdex", f.get(f"{row.key}_ratio")), ("Infinity", f.get(f"{row.key}_peer_ratio")))
+              if ratio and ratio > 1.05]
+    if beaten:  # a server cannot outrun the raw engine it runs: the ceiling was taken under other load
+        print(f"WARNING: a server beat the raw engine ceiling ({'; '.join(beaten)}): the machine was not quiet "
+              "while one of them was measured, or the ceiling lacks the engine that server runs. Do not read "
+              "these ratios.")
+    print()
+    for figure, (op, goal) in OTHER_GOALS.items():
+        met = verdict(f.get(figure), op, goal)
+        print(f"{figure}: {_fmt(f.get(figure), 2)} (goal {op} {goal:g}: "
+              f"{'n/a' if met is None else 'met' if met else 'MISSED'})")
+    print(f"single_proxy_ratio (32 x 1 through Ray's proxy ÷ ceiling): {_fmt(f.get('single_proxy_ratio'), 2)}; "
+          f"peak_rss_mb: {_fmt(f.get('peak_rss_mb'), 0)}")
+    ceiling = result["raw"].get("ceiling")
+    if isinstance(ceiling, dict) and "engines" in ceiling:
+        print("\n".join(describe(ceiling)))
+    peer = result["raw"].get("peer")
+    if isinstance(peer, dict) and "server" in peer:
+        vectors = peer.get("vectors") or {}
+        print(f"peer: {peer['peer']}, --batch-size {peer['server']['batch_size']}, started in "
+              f"{peer['server']['start_s']:.1f} s; vectors vs the service's: min cosine "
+              f"{_fmt(vectors.get('cos_min'), 6)} over {vectors.get('texts')} texts")
+    for name in (*LOAD_MODES, "single_proxy"):
         r = result["raw"].get(name)
         if isinstance(r, dict) and r.get("embedder_batches"):
             b = r["embedder_batches"]
-            print(f"  {name}: embedder batches {b.get('batches')}, mean calls/batch "
-                  f"{_fmt(b.get('mean_calls_per_batch'))}, mean texts/batch {_fmt(b.get('mean_texts_per_batch'))}")
-    mem = result["raw"].get("memory")
-    if isinstance(mem, dict) and mem.get("peak_rss_mb_by_phase"):
-        phases = ", ".join(f"{k} {v:.0f}" for k, v in mem["peak_rss_mb_by_phase"].items())
-        print(f"  peak RSS MB by phase: {phases}")
+            print(f"  {name}: client cpu {r['client_cpu_pct']:.0f}%, embedder batches {b.get('batches')}, "
+                  f"mean texts/batch {_fmt(b.get('mean_texts_per_batch'))}")
+    for name, reason in result["skipped"].items():
+        print(f"  not measured: {name}: {reason}")
     print(f"total {result['elapsed_s']} s; steps: {result['step_seconds']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     summary = (__doc__ or "").split("\n\n")[0]
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=summary)
-    parser.add_argument("--quick", action="store_true", help="smoke run (~3 min on a quiet 2-core box)")
+    parser.add_argument("--quick", action="store_true", help="smoke run (short windows, small counts)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="cap every load window and ceiling trial at this many seconds (smoke runs)")
     parser.add_argument("--skip", default="", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                        help=f"comma-separated steps to skip: {','.join(STEPS)}")
+                        help=f"comma-separated steps to skip: {','.join(STEPS)}; 'heimdex' = all of the service's")
     parser.add_argument("--url", default=None, help="benchmark a service already running at this loopback URL")
     parser.add_argument("--ray-address", default=None,
                         help="with --url: the service's Ray cluster (to seed the store for the search step)")
     parser.add_argument("--ingress", choices=("direct", "proxy"), default="direct",
                         help="how the local stack exposes the Gateway (as HEIMDEX_INGRESS for heimdex up)")
+    parser.add_argument("--peer-batch-size", type=int, default=32, help="Infinity's --batch-size (its default 32)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results ({DEFAULT_JSON})")
     parser.add_argument("--ingest-texts", choices=("short", "long"), default="short",
-                        help="text set for the ingest segments (its raw throughput is the denominator)")
+                        help="text set for the ingest segments (its ceiling is the denominator)")
     parser.add_argument("--auth-embeddings", action="store_true",
                         help="send a JWT on /v1/embeddings too (needed where anonymous embeddings are off)")
     args = parser.parse_args(argv)
+    if "heimdex" in args.skip:
+        args.skip = [s for s in args.skip if s != "heimdex"] + list(HEIMDEX_STEPS)
     unknown = set(args.skip) - set(STEPS)
     if unknown:
-        parser.error(f"unknown steps in --skip: {', '.join(sorted(unknown))}; known: {', '.join(STEPS)}")
+        parser.error(f"unknown steps in --skip: {', '.join(sorted(unknown))}; known: heimdex,{','.join(STEPS)}")
     return args
-
-
-def write_json(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = Bench(args).run()
-    write_json(result, args.json)
+    dated = args.json.with_name(f"bench-{result['machine']['date'].replace(':', '')}.json")
+    for path in (args.json, dated):
+        write_json(path, result)
     print_table(result)
-    print(f"results: {args.json}")
+    print(f"results: {args.json} (and {dated.name})")
     return 0
 
 

@@ -19,7 +19,6 @@ the table. Figures are printed and written with ``--json``; nothing asserts on t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from bench.load import LoadRunner, LoadSpec
 from bench.machine import machine_info
 from bench.run import embeddings_bodies
 from bench.texts import text_set
+from bench.timing import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The Coalescer's cap on one model pass, and Serve's batch wait (0 = the shipped no-wait batching).
@@ -165,8 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.json, result)
     print_table(result)
     print(f"results: {args.json}")
     return 0
