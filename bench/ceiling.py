@@ -73,8 +73,9 @@ def served_vectors(texts: list[str]) -> list[list[float]]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from deployments.backends import load_backend
     from deployments.registry import get_model
+    from serve_app.settings import get_settings
 
-    backend = load_backend(get_model(MODEL), None, device="cpu")
+    backend = load_backend(get_model(MODEL), None, device="cpu", paths=get_settings().model_paths())
     return [[float(x) for x in row] for row in backend.embed(texts).vectors]
 
 
@@ -135,9 +136,11 @@ def load_engines(threads: int, names: tuple[str, ...] = ENGINES) -> tuple[dict[s
 
     from deployments.backends.onnx_export import export_onnx
     from deployments.registry import get_model
+    from serve_app.settings import get_settings
 
     spec = get_model(MODEL)
-    weights = spec.weights_dir()
+    paths = get_settings().model_paths()
+    weights = spec.weights_dir(paths)
     engines: dict[str, Callable[[list[str]], Any]] = {}
     info: dict[str, Any] = {}
     for name in names:
@@ -152,7 +155,7 @@ def load_engines(threads: int, names: tuple[str, ...] = ENGINES) -> tuple[dict[s
             engines[name] = functools.partial(_st_encode, model)
             info[name] = {"what": f"SentenceTransformer.encode, torch {torch.__version__}, {threads} threads"}
         else:
-            graph = export_onnx(spec, "int8" if name == "onnx-int8" else "fp32")
+            graph = export_onnx(spec, "int8" if name == "onnx-int8" else "fp32", paths)
             what: dict[str, Any] = {"graph": str(graph)}
             if name == "onnx-fp32-fused":
                 config = json.loads((weights / "config.json").read_text())
@@ -185,9 +188,10 @@ def _mean_tokens(texts: list[str]) -> float:
     from tokenizers import Tokenizer
 
     from deployments.registry import get_model
+    from serve_app.settings import get_settings
 
     spec = get_model(MODEL)
-    tokenizer = Tokenizer.from_file(str(spec.weights_dir() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(spec.weights_dir(get_settings().model_paths()) / "tokenizer.json"))
     tokenizer.enable_truncation(spec.max_tokens)
     tokenizer.no_padding()  # the packaged tokenizer.json pads to 128
     return float(np.mean([len(e.ids) for e in tokenizer.encode_batch(texts)]))

@@ -67,7 +67,6 @@ MANIFEST_FILE = "manifest.json"
 RESULT_FILE = "gpu_profile.json"
 
 MODEL_NAME = "minilm-l6-v2"  # the registry entry whose spec (token limit, normalisation) the backend uses
-MODEL_DIR_ENV = "HEIMDEX_GPU_PROFILE_MODEL_DIR"
 MAX_TOKENS = 256
 REF_SHORT = 256
 REF_LONG = 64
@@ -383,18 +382,19 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def load_project_backend(model_dir: Path, device: str) -> tuple[Any | None, dict[str, Any]]:
-    """The project's TorchBackend pointed at ``model_dir`` (registry spec, weights from an env var)."""
+    """The project's TorchBackend pointed at ``model_dir`` (registry spec, weights from that directory)."""
     try:
         from deployments.backends.torch_backend import TorchBackend
+        from deployments.model_paths import ModelPaths
         from deployments.registry import get_model
     except Exception as exc:
         return None, {"available": False, "error": f"{type(exc).__name__}: {exc}",
                       "fallback": "project backend not importable; the plain SentenceTransformer fp16 "
                                   "figures stand in for it"}
-    os.environ[MODEL_DIR_ENV] = str(model_dir)
-    spec = dataclasses.replace(get_model(MODEL_NAME), weights_package=None, weights_env=MODEL_DIR_ENV)
+    spec = dataclasses.replace(get_model(MODEL_NAME), weights_package=None)  # model_dir or nothing
+    paths = dataclasses.replace(ModelPaths.default(), weights={MODEL_NAME: model_dir})
     start = time.perf_counter()
-    backend = TorchBackend(spec, device=device)
+    backend = TorchBackend(spec, paths, device=device)
     backend.warmup()
     _sync(device)
     return backend, {

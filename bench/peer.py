@@ -178,10 +178,11 @@ def measure_peer(quick: bool = False, seconds: float | None = None, batch_size: 
     from bench.load import LoadRunner
     from bench.run import load_modes, profile_for
     from deployments.registry import get_model
+    from serve_app.settings import get_settings
 
     out: dict[str, Any] = {"peer": "infinity-emb 0.0.78 (optimum engine, ONNX Runtime, fp32)"}
     out["venv"] = ensure_venv()
-    out["export"] = ensure_onnx(get_model(MODEL).weights_dir())
+    out["export"] = ensure_onnx(get_model(MODEL).weights_dir(get_settings().model_paths()))
     profile = profile_for(quick, seconds)
     with contextlib.ExitStack() as stack:
         if runner is None:

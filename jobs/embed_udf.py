@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from deployments.model_paths import ModelPaths
 from deployments.registry import get_model
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,15 @@ class EmbedBatch:
     """``ds.map_batches(EmbedBatch, fn_constructor_kwargs={...}, batch_format="numpy", concurrency=N)``."""
 
     def __init__(
-        self, model: str, backend: str | None = None, device: str = "auto", threads: int | None = None
+        self, model: str, paths: ModelPaths, backend: str | None = None, device: str = "auto",
+        threads: int | None = None,
     ) -> None:
         from deployments.backends import load_backend
 
         spec = get_model(model)
         self.dimension = spec.dimension
-        self.backend = load_backend(spec, backend, device, threads)
+        # ``paths``: the job driver's Settings.model_paths() (jobs/reembed.py); the actors read no environment.
+        self.backend = load_backend(spec, backend, device, threads, paths=paths)
         self.backend.warmup()
 
     def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:

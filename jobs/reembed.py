@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from deployments.model_paths import ModelPaths
 from deployments.vector_store import StoreConfig, VectorStore, collection_name, open_store, parse_collection_name
 from jobs import migration, sources
 from jobs.resources import TASK_CPUS, InsufficientResourcesError, ResourcePlan, plan_resources
@@ -249,6 +250,7 @@ class Pipeline:
     flush_size: int
     dry_run: bool
     plan: ResourcePlan | None
+    paths: ModelPaths  # where the embedding actors find the weights (the driver's Settings)
 
     def dataset(self, collections: dict[str, str] | None, orgs: list[str] | None) -> Any:
         import ray
@@ -269,7 +271,8 @@ class Pipeline:
         if self.plan is not None:
             ds = ds.map_batches(
                 EmbedBatch,
-                fn_constructor_kwargs={"model": self.model, "device": self.plan.device, "threads": self.plan.threads},
+                fn_constructor_kwargs={"model": self.model, "paths": self.paths, "device": self.plan.device,
+                                       "threads": self.plan.threads},
                 batch_size=self.batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=self.plan.concurrency),
                 num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus or None,
@@ -364,7 +367,7 @@ def run(args: ReembedArgs, settings: Settings, tracker: JobTracker | None = None
     source_counts = None if source_collections is None else sources.count_collections(store, source_collections)
     total = sum(source_counts.values()) if source_counts is not None else None
     pipeline = Pipeline(store, store_config, target, spec.name, version, source, args.batch_size, args.flush_size,
-                        args.dry_run, plan)
+                        args.dry_run, plan, settings.model_paths())
     job_id = tracker.job_id if tracker is not None else f"untracked-{uuid.uuid4()}"
     began = False
     try:

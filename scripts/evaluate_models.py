@@ -176,6 +176,7 @@ def evaluate_one(name: str, backend_name: str, runs: int, threads: int | None) -
     """One (model, backend) in THIS process (run it in a fresh one: memory is measured here)."""
     from deployments.backends import load_backend
     from deployments.registry import get_model
+    from serve_app.settings import get_settings
 
     spec = get_model(name)
     # Import the runtimes first, so the RSS growth below is the model's, not the libraries'.
@@ -187,7 +188,7 @@ def evaluate_one(name: str, backend_name: str, runs: int, threads: int | None) -
         import tokenizers  # noqa: F401
     baseline = _rss_mb()
     started = time.perf_counter()
-    backend = load_backend(spec, backend_name, device="cpu", threads=threads)
+    backend = load_backend(spec, backend_name, device="cpu", threads=threads, paths=get_settings().model_paths())
     load_s = time.perf_counter() - started
     backend.warmup()
     loaded = _rss_mb()
@@ -207,9 +208,11 @@ def head_to_head(runs: int, threads: int | None) -> dict[str, Any]:
     contended round (closest to the idle cost), ``p50`` the typical one."""
     from deployments.backends import load_backend
     from deployments.registry import MODELS
+    from serve_app.settings import get_settings
 
-    backends = {name: load_backend(spec, None, device="cpu", threads=threads)
-                for name, spec in MODELS.items() if spec.is_installed()}
+    paths = get_settings().model_paths()
+    backends = {name: load_backend(spec, None, device="cpu", threads=threads, paths=paths)
+                for name, spec in MODELS.items() if spec.is_installed(paths)}
     texts = [f"{SPEED_TEXT} {i}" for i in range(BATCH_SIZE)]
     times: dict[str, dict[str, list[float]]] = {n: {"single": [], "batch": []} for n in backends}
     for backend in backends.values():
@@ -246,13 +249,15 @@ def _run_child(name: str, backend_name: str, runs: int, threads: int | None) -> 
 
 def evaluate(runs: int = 30, threads: int | None = None) -> dict[str, Any]:
     from deployments.registry import MODELS
+    from serve_app.settings import get_settings
 
+    paths = get_settings().model_paths()
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
                               "public_sets": str(gensim_test_data() or "not installed: pip install -e '.[bench]'"),
                               "models": {}}
     for name, spec in MODELS.items():
         entry: dict[str, Any] = {"dimension": spec.dimension, "max_tokens": spec.max_tokens,
-                                 "installed": spec.is_installed(), "backends": {}}
+                                 "installed": spec.is_installed(paths), "backends": {}}
         report["models"][name] = entry
         if not entry["installed"]:
             entry["note"] = f"not installed: {spec.install_hint}"

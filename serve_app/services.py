@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from deployments.model_paths import ModelPaths
 from serve_app.embedder_client import EmbedderClient
 from serve_app.errors import ApiError
 from serve_app.settings import Settings
@@ -28,6 +29,10 @@ class Services:
     db: Any | None = None  # serve_app.db.database.Database
     routes: Any | None = None  # serve_app.routing.RouteResolver (per-tenant live collections)
     switches: Any | None = None  # serve_app.switches.SwitchReader of real_embeddings (None: the Settings value)
+    model_paths: ModelPaths = field(init=False)  # where the weights are: settings.model_paths(), built once
+
+    def __post_init__(self) -> None:
+        self.model_paths = self.settings.model_paths()
 
     # The one place a route learns that a part it needs is missing: 503 with Retry-After.
     def require_db(self) -> Database:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployments.model_paths import ModelPaths
 from deployments.registry import ModelSpec
 
 
@@ -41,23 +42,25 @@ class ModelTokenizer:
         return "" if name is None else self.prompts[name]
 
 
-_LOADED: dict[str, ModelTokenizer] = {}
+_LOADED: dict[tuple[str, ModelPaths], ModelTokenizer] = {}
 _LOCK = threading.Lock()
 
 
-def model_tokenizer(spec: ModelSpec) -> ModelTokenizer:
-    """The tokenizer of ``spec``'s installed weights, loaded on first use and then shared (thread-safe)."""
+def model_tokenizer(spec: ModelSpec, paths: ModelPaths) -> ModelTokenizer:
+    """The tokenizer of ``spec``'s installed weights (found through ``paths``), loaded on first use and then
+    shared (thread-safe)."""
+    key = (spec.name, paths)
     with _LOCK:
-        found = _LOADED.get(spec.name)
+        found = _LOADED.get(key)
         if found is None:
-            found = _LOADED[spec.name] = _load(spec)
+            found = _LOADED[key] = _load(spec, paths)
         return found
 
 
-def _load(spec: ModelSpec) -> ModelTokenizer:
+def _load(spec: ModelSpec, paths: ModelPaths) -> ModelTokenizer:
     from tokenizers import Tokenizer
 
-    weights = spec.weights_dir()
+    weights = spec.weights_dir(paths)
     tokenizer = Tokenizer.from_file(str(weights / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.no_truncation()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from deployments.backends.base import EmbeddingBackend, EmbedOutput, l2_normalize
+from deployments.model_paths import ModelPaths
 from deployments.registry import ModelSpec
 
 
 def load_backend(
-    spec: ModelSpec, backend: str | None = None, device: str = "auto", threads: int | None = None
+    spec: ModelSpec, backend: str | None = None, device: str = "auto", threads: int | None = None, *,
+    paths: ModelPaths,
 ) -> EmbeddingBackend:
-    """Load the named backend for ``spec``. Heavy imports happen here.
+    """Load the named backend for ``spec``, its weights (and ONNX graphs) found through ``paths``. Heavy imports
+    happen here.
 
     With ``backend`` None: the registry's default on the CPU, ``torch`` (fp16) where the model runs on CUDA.
     """
@@ -19,13 +22,13 @@ def load_backend(
     if name == "torch":
         from deployments.backends.torch_backend import TorchBackend
 
-        return TorchBackend(spec, device=device, threads=threads)
+        return TorchBackend(spec, paths, device=device, threads=threads)
     if name in ("onnx-fp32", "onnx-int8"):
         if device not in ("auto", "cpu"):
             raise ValueError(f"backend {name!r} runs on the CPU only; use backend 'torch' for device {device!r}")
         from deployments.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(spec, threads=threads, precision="int8" if name == "onnx-int8" else "fp32")
+        return OnnxBackend(spec, paths, threads=threads, precision="int8" if name == "onnx-int8" else "fp32")
     raise ValueError(f"unknown backend {name!r}")
 
 

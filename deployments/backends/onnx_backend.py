@@ -20,13 +20,14 @@ import numpy as np
 
 from deployments.backends.base import EmbeddingBackend, FastTokenizer, FloatArray, IntArray, Tokenized
 from deployments.backends.onnx_export import Precision
+from deployments.model_paths import ModelPaths
 from deployments.registry import ModelSpec
 
 
 class OnnxBackend(EmbeddingBackend):
     name = "onnx-int8"
 
-    def __init__(self, spec: ModelSpec, threads: int | None = None, model_path: Path | None = None,
+    def __init__(self, spec: ModelSpec, paths: ModelPaths, threads: int | None = None, model_path: Path | None = None,
                  precision: Precision = "int8", spin: bool = False) -> None:
         super().__init__(spec)
         import onnxruntime as ort
@@ -34,8 +35,8 @@ class OnnxBackend(EmbeddingBackend):
         from deployments.backends.onnx_export import export_onnx
 
         self.name = f"onnx-{precision}"
-        weights = spec.weights_dir()
-        self.model_path = model_path if model_path is not None else export_onnx(spec, precision)
+        weights = spec.weights_dir(paths)
+        self.model_path = model_path if model_path is not None else export_onnx(spec, precision, paths)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0)) or 1
         options.inter_op_num_threads = 1

@@ -5,12 +5,13 @@ for every backend), exported from the packaged weights with ``torch.onnx.export`
 then dynamically quantised to int8 weights with ONNX Runtime (``int8``, made from the fp32 file).
 Nothing here reaches a model hub.
 
-The results are cached at ``$HEIMDEX_ONNX_CACHE/<model>-<version>/model.<precision>.onnx`` when that
-variable is set, else at ``~/.cache/heimdex/onnx/<model>-<version>/model.<precision>.onnx``. Each is written
+The results are cached at ``<ModelPaths.onnx_cache>/<model>-<version>/model.<precision>.onnx``; the caller
+passes the paths (Settings: ``HEIMDEX_ONNX_CACHE`` when set, else ``~/.cache/heimdex/onnx``). Each is written
 to a temporary file and moved into place with ``os.replace`` under an ``fcntl`` lock, so concurrent
 replicas never read half a file and never export twice at once.
 
-Run ``python -m deployments.backends.onnx_export [MODEL]`` at set-up time to export both and print the paths.
+Run ``heimdex models export [MODEL]`` at set-up time to export both and print the paths
+(``python -m deployments.backends.onnx_export [MODEL] --cache DIR`` names the ONNX cache itself).
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from deployments.file_lock import exclusive_file_lock
+from deployments.model_paths import ModelPaths
 from deployments.registry import ModelSpec, get_model
 
 DEFAULT_MODEL = "minilm-l6-v2"
 
-CACHE_ENV = "HEIMDEX_ONNX_CACHE"
-# Exports are keyed by model and version, so every checkout and process on a machine can share them.
-DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "heimdex" / "onnx"
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -76,11 +75,10 @@ def model_filename(precision: Precision) -> str:
     return f"model.{precision}.onnx"
 
 
-def cache_path(spec: ModelSpec, precision: Precision = "int8") -> Path:
-    """Where the ``precision`` graph for ``spec`` lives (whether or not it exists yet)."""
-    root = os.environ.get(CACHE_ENV)  # like the model cache (deployments.model_packages): per machine
-    base = Path(root) if root else DEFAULT_CACHE_ROOT
-    return base / f"{spec.name}-{spec.version}" / model_filename(precision)
+def cache_path(spec: ModelSpec, precision: Precision, paths: ModelPaths) -> Path:
+    """Where the ``precision`` graph for ``spec`` lives (whether or not it exists yet). Exports are keyed by
+    model and version, so every checkout and process on a machine can share them."""
+    return paths.onnx_cache / f"{spec.name}-{spec.version}" / model_filename(precision)
 
 
 def _check_mean_pooling(weights_dir: Path) -> None:
@@ -102,14 +100,14 @@ def input_names(encoder: Any) -> tuple[str, ...]:
     return tuple(name for name in INPUT_NAMES if name in accepted)
 
 
-def _export_fp32(spec: ModelSpec, out_file: Path) -> None:
+def _export_fp32(spec: ModelSpec, out_file: Path, paths: ModelPaths) -> None:
     """Trace transformer + mean pooling to an fp32 ONNX file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from transformers import AutoModel
 
-    weights = spec.weights_dir()
+    weights = spec.weights_dir(paths)
     _check_mean_pooling(weights)
     encoder = AutoModel.from_pretrained(str(weights), attn_implementation="eager")
     encoder.eval()
@@ -192,40 +190,57 @@ def quantize_int8(
     )
 
 
-def export_onnx(spec: ModelSpec, precision: Precision = "int8", out_dir: Path | None = None) -> Path:
+def export_onnx(spec: ModelSpec, precision: Precision, paths: ModelPaths, out_dir: Path | None = None) -> Path:
     """The path of the ``precision`` ONNX graph for ``spec``, exporting it first when it is missing.
 
-    ``out_dir`` overrides the cache directory (the file is ``out_dir/model.<precision>.onnx``). The
-    int8 graph is quantised from the fp32 one, which is exported (and kept) on the way.
+    The weights come from ``paths``; the graph goes to ``paths.onnx_cache``, or to ``out_dir`` when given (the
+    file is ``out_dir/model.<precision>.onnx``). The int8 graph is quantised from the fp32 one, which is exported
+    (and kept) on the way.
     """
-    target = (out_dir / model_filename(precision)) if out_dir is not None else cache_path(spec, precision)
+    target = (out_dir / model_filename(precision)) if out_dir is not None else cache_path(spec, precision, paths)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_file_lock(target.with_name(target.name + ".lock")):
         if target.exists():  # another replica exported it while we waited for the lock
             return target
-        source = export_onnx(spec, "fp32", out_dir) if precision == "int8" else None
+        source = export_onnx(spec, "fp32", paths, out_dir) if precision == "int8" else None
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
             written = Path(tmp) / target.name
             if source is None:
-                _export_fp32(spec, written)
+                _export_fp32(spec, written, paths)
             else:
                 quantize_int8(source, written)
             os.replace(written, target)
     return target
 
 
+def export_all(model: str, precisions: list[Precision] | None, paths: ModelPaths,
+               out_dir: Path | None = None) -> int:
+    """Export ``model``'s graphs (default: both precisions) and print their paths; the exit status."""
+    for precision in precisions or PRECISIONS:
+        print(export_onnx(get_model(model), precision, paths, out_dir))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a registered model to ONNX (fp32 and int8); print the paths.")
+    parser = argparse.ArgumentParser(
+        description="Export a registered model to ONNX (fp32 and int8); print the paths. `heimdex models export` "
+                    "does the same with the caches from Settings (HEIMDEX_ONNX_CACHE, HEIMDEX_MODEL_CACHE).")
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"registry name (default: {DEFAULT_MODEL})")
     parser.add_argument("--precision", choices=PRECISIONS, action="append", default=None,
                         help="export only this precision (repeatable; default: both)")
+    parser.add_argument("--cache", type=Path, default=None, help="the ONNX cache directory")
+    parser.add_argument("--model-cache", type=Path, default=None,
+                        help="the model cache a split-zip model was installed into (default: ~/.cache/heimdex/models)")
     parser.add_argument("--out-dir", type=Path, default=None, help="directory to write model.<precision>.onnx into")
     args = parser.parse_args(argv)
-    for precision in args.precision or PRECISIONS:
-        print(export_onnx(get_model(args.model), precision, args.out_dir))
-    return 0
+    if args.cache is None and args.out_dir is None:
+        parser.error("name the ONNX cache (--cache DIR) or the output directory (--out-dir DIR); "
+                     "`heimdex models export` takes the cache from Settings")
+    default = ModelPaths.default()
+    paths = ModelPaths(model_cache=args.model_cache or default.model_cache, onnx_cache=args.cache or default.onnx_cache)
+    return export_all(args.model, args.precision, paths, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ import os
 import numpy as np
 
 from deployments.backends.base import EmbeddingBackend, FastTokenizer, FloatArray, IntArray, Tokenized
+from deployments.model_paths import ModelPaths
 from deployments.registry import ModelSpec
 
 
 class TorchBackend(EmbeddingBackend):
     name = "torch"
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec, paths: ModelPaths, device: str = "auto", threads: int | None = None) -> None:
         super().__init__(spec)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,7 +27,7 @@ class TorchBackend(EmbeddingBackend):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        weights = spec.weights_dir()
+        weights = spec.weights_dir(paths)
         self._torch = torch
         self._model = SentenceTransformer(str(weights), device=device)
         self._model.max_seq_length = spec.max_tokens

@@ -55,7 +55,8 @@ async def create_embeddings(
     settings = services.settings
     await require_real_embeddings(services)
     texts = checked_inputs(settings, body.input, "input")
-    spec = resolve_model(body.model, settings.default_model, services.embedders.served_models())
+    spec = resolve_model(body.model, settings.default_model, services.embedders.served_models(),
+                         services.model_paths)
     if body.dimensions is not None and body.dimensions != spec.dimension:
         raise ApiError(422, "dimensions_mismatch",
                        f"model {spec.name!r} produces {spec.dimension} dimensions; got dimensions={body.dimensions}",
@@ -87,7 +88,7 @@ async def list_models(services: ServicesDep, _principal: EmbeddingsPrincipalDep)
     served = set(services.embedders.served_models())
     return ModelList(data=[
         ModelCard(id=spec.name, version=spec.version, dimension=spec.dimension, max_tokens=spec.max_tokens,
-                  normalized=spec.normalize, installed=spec.is_installed(), served=spec.name in served,
-                  backends=list(spec.backends))
+                  normalized=spec.normalize, installed=spec.is_installed(services.model_paths),
+                  served=spec.name in served, backends=list(spec.backends))
         for spec in MODELS.values()
     ])

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from deployments.backends import l2_normalize
 from deployments.backends.base import DEFAULT_TOKEN_BUDGET
+from deployments.model_paths import ModelPaths
 from deployments.registry import ModelSpec
 from serve_app.deps import EmbeddingsPrincipalDep, ServicesDep
 from serve_app.errors import ApiError, json_response, validation_error_body
@@ -75,8 +76,8 @@ class TeiRoute(APIRoute):
 router = APIRouter(tags=["tei"], route_class=TeiRoute)
 
 
-async def _tokenizer(spec: ModelSpec) -> ModelTokenizer:
-    return await asyncio.to_thread(model_tokenizer, spec)  # reads tokenizer.json once per process
+async def _tokenizer(spec: ModelSpec, paths: ModelPaths) -> ModelTokenizer:
+    return await asyncio.to_thread(model_tokenizer, spec, paths)  # reads tokenizer.json once per process
 
 
 def _prompted(tokenizer: ModelTokenizer, prompt_name: str | None, texts: list[str]) -> list[str]:
@@ -122,17 +123,18 @@ async def embed(body: TeiEmbedRequest, services: ServicesDep, principal: Embeddi
     settings = services.settings
     await require_real_embeddings(services)
     texts = checked_inputs(settings, body.inputs, "inputs")
-    spec = resolve_model(body.model, settings.default_model, services.embedders.served_models())
+    spec = resolve_model(body.model, settings.default_model, services.embedders.served_models(),
+                         services.model_paths)
     left = bool(body.truncate) and body.truncation_direction.lower() == "left"
     if body.prompt_name is not None or left:
-        tokenizer = await _tokenizer(spec)
+        tokenizer = await _tokenizer(spec, services.model_paths)
         texts = _prompted(tokenizer, body.prompt_name, texts)
         if left:
             texts = await asyncio.to_thread(_keep_tail, tokenizer, texts)
     output = await services.embedders.embed(spec.name, texts, tenant=principal.org_id)
     if not body.truncate and any(output.truncated):
         index = output.truncated.index(True)
-        tokenizer = await _tokenizer(spec)
+        tokenizer = await _tokenizer(spec, services.model_paths)
         given = len((await asyncio.to_thread(tokenizer.encode, [texts[index]], True))[0].ids)
         raise ApiError(413, "input_too_long",
                        f"`inputs` must have less than {spec.max_tokens} tokens. Given: {given} (inputs[{index}]); "
@@ -144,8 +146,9 @@ async def embed(body: TeiEmbedRequest, services: ServicesDep, principal: Embeddi
 async def tokenize(body: TeiTokenizeRequest, services: ServicesDep, _principal: EmbeddingsPrincipalDep) -> Response:
     """TEI's ``/tokenize``: the model's tokens of each input with character offsets (null for special tokens)."""
     texts = checked_inputs(services.settings, body.inputs, "inputs")
-    spec = resolve_model(body.model, services.settings.default_model, services.embedders.served_models())
-    tokenizer = await _tokenizer(spec)
+    spec = resolve_model(body.model, services.settings.default_model, services.embedders.served_models(),
+                         services.model_paths)
+    tokenizer = await _tokenizer(spec, services.model_paths)
     texts = _prompted(tokenizer, body.prompt_name, texts)
     encodings = await asyncio.to_thread(tokenizer.encode, texts, body.add_special_tokens)
     return json_response([
@@ -161,8 +164,9 @@ async def info(services: ServicesDep, _principal: EmbeddingsPrincipalDep,
                model: str | None = Query(None, description="Heimdex extension: a registered model.")) -> TeiInfo:
     """TEI's ``/info`` for the default model (or ``model``)."""
     settings = services.settings
-    spec = resolve_model(model, settings.default_model, services.embedders.served_models())
-    tokenizer = await _tokenizer(spec)
+    spec = resolve_model(model, settings.default_model, services.embedders.served_models(),
+                         services.model_paths)
+    tokenizer = await _tokenizer(spec, services.model_paths)
     backend = str((await services.embedders.info(spec.name)).get("backend", ""))
     return TeiInfo(
         model_id=spec.name, model_sha=None, model_dtype=_DTYPES.get(backend, "float32"),

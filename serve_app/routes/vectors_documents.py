@@ -47,8 +47,10 @@ async def submit_document(body: DocumentRequest, services: ServicesDep, principa
     if size > settings.max_document_bytes:
         raise ApiError(422, "document_too_large",
                        f"text has {size} bytes of UTF-8; at most {settings.max_document_bytes}", field="text")
-    spec = resolve_model(body.model, settings.default_model, services.embedders.served_models())
-    tokenizer = await asyncio.to_thread(model_tokenizer, spec)  # loads once per process, from disk
+    spec = resolve_model(body.model, settings.default_model, services.embedders.served_models(),
+                         services.model_paths)
+    # Loads once per process, from disk.
+    tokenizer = await asyncio.to_thread(model_tokenizer, spec, services.model_paths)
     window = tokenizer.window
     chunk_tokens = window if body.chunk_tokens is None else body.chunk_tokens
     if chunk_tokens > window:

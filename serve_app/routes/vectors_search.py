@@ -46,7 +46,8 @@ async def search(body: SearchRequest, services: ServicesDep, principal: Principa
                        field="query" if body.query is None else "vector")
     if body.query is not None and not body.query.strip():
         raise ApiError(422, "empty_query", "query is blank", field="query")
-    spec = resolve_model(body.model, services.settings.default_model, services.embedders.served_models())
+    spec = resolve_model(body.model, services.settings.default_model, services.embedders.served_models(),
+                         services.model_paths)
     # The tenant's route for the model it names; the query is embedded with the model its LIVE collection was
     # built with (another one after a cross-model migration), so the vector always fits the collection.
     route = await services.require_routes().aresolve(principal.org_id, spec.name)

@@ -51,7 +51,7 @@ def _segment(services: Services, item: EmbedRequest, field_prefix: str) -> Embed
     if not item.text.strip():
         raise ApiError(422, "empty_text", "text is blank", field=f"{field_prefix}text")
     spec = resolve_model(item.model, services.settings.default_model, services.embedders.served_models(),
-                         field=f"{field_prefix}model")
+                         services.model_paths, field=f"{field_prefix}model")
     return EmbedSegment(asset_id=item.asset_id, segment_id=item.segment_id, text=item.text, model=spec.name,
                         model_version=spec.version)
 

@@ -8,20 +8,23 @@ Skipped only when the model is not installed (`make models`; CI installs it).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from deployments.backends.base import EmbeddingBackend
+from deployments.model_paths import ModelPaths
 from deployments.registry import get_model
+from serve_app.settings import Settings
 from tests.integration.test_onnx_backend import TEXTS
 
 SPEC = get_model("all-mpnet-base-v2")
 MIN_COSINE = 0.9999
 
-pytestmark = pytest.mark.skipif(not SPEC.is_installed(), reason="all-mpnet-base-v2 not installed (make models)")
+PATHS = Settings().model_paths()  # where `make models` put it (HEIMDEX_MODEL_CACHE, else ~/.cache/heimdex/models)
+
+pytestmark = pytest.mark.skipif(not SPEC.is_installed(PATHS), reason="all-mpnet-base-v2 not installed (make models)")
 
 # Past MiniLM's 256 tokens, under this model's 384: truncation must follow this model's own limit.
 TEXTS_384 = [*TEXTS, "alpha beta gamma delta " * 90]
@@ -32,23 +35,15 @@ def reference() -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(SPEC.weights_dir()), device="cpu")
+    model = SentenceTransformer(str(SPEC.weights_dir(PATHS)), device="cpu")
     assert model.max_seq_length == SPEC.max_tokens, "the registry's token limit is the model's own"
     return np.asarray(model.encode(TEXTS_384, batch_size=16, normalize_embeddings=True), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("onnx-cache")
-    previous = os.environ.get("HEIMDEX_ONNX_CACHE")
-    os.environ["HEIMDEX_ONNX_CACHE"] = str(cache)
-    try:
-        yield cache
-    finally:
-        if previous is None:
-            os.environ.pop("HEIMDEX_ONNX_CACHE", None)
-        else:
-            os.environ["HEIMDEX_ONNX_CACHE"] = previous
+def paths(tmp_path_factory: pytest.TempPathFactory) -> ModelPaths:
+    """The installed model, with the exports going to a temporary ONNX cache."""
+    return replace(PATHS, onnx_cache=tmp_path_factory.mktemp("onnx-cache"))
 
 
 def _served_backends() -> list[tuple[str, str]]:
@@ -58,7 +53,7 @@ def _served_backends() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module", params=_served_backends(), ids=lambda c: f"{c[0]}-{c[1]}")
-def backend(request: pytest.FixtureRequest, onnx_cache: Path) -> EmbeddingBackend:
+def backend(request: pytest.FixtureRequest, paths: ModelPaths) -> EmbeddingBackend:
     from deployments.backends import load_backend
 
     name, device = request.param
@@ -67,7 +62,7 @@ def backend(request: pytest.FixtureRequest, onnx_cache: Path) -> EmbeddingBacken
 
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device on this machine")
-    loaded = load_backend(SPEC, name, device=device, threads=2)
+    loaded = load_backend(SPEC, name, device=device, threads=2, paths=paths)
     assert loaded.name == name
     return loaded
 
@@ -88,4 +83,4 @@ def test_mpnet_has_no_int8_backend() -> None:
     from deployments.backends import load_backend
 
     with pytest.raises(ValueError, match="no backend 'onnx-int8'"):
-        load_backend(SPEC, "onnx-int8", device="cpu")
+        load_backend(SPEC, "onnx-int8", device="cpu", paths=PATHS)

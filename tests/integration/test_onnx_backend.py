@@ -5,17 +5,18 @@ The export (the slow part) runs once per module into a temporary cache directory
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from deployments.backends.base import EmbeddingBackend, EmbedOutput
+from deployments.model_paths import ModelPaths
 from deployments.registry import get_model
+from serve_app.settings import Settings
 
 SPEC = get_model("minilm-l6-v2")
+PATHS = Settings().model_paths()  # this machine's weights, as the service finds them
 # onnx-int8 must keep cosine >= 0.99 to torch fp32 on every text; onnx-fp32 runs the same fp32
 # weights, so anything short of 1.0 beyond rounding would be an export bug.
 MIN_COSINE = {"onnx-int8": 0.99, "onnx-fp32": 0.99999}
@@ -101,28 +102,20 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((a * b).sum(axis=1))
 
 
-pytestmark = pytest.mark.skipif(not SPEC.is_installed(), reason="minilm-l6-v2 weights not installed")
+pytestmark = pytest.mark.skipif(not SPEC.is_installed(PATHS), reason="minilm-l6-v2 weights not installed")
 
 
 @pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("onnx-cache")
-    previous = os.environ.get("HEIMDEX_ONNX_CACHE")
-    os.environ["HEIMDEX_ONNX_CACHE"] = str(cache)
-    try:
-        yield cache
-    finally:
-        if previous is None:
-            os.environ.pop("HEIMDEX_ONNX_CACHE", None)
-        else:
-            os.environ["HEIMDEX_ONNX_CACHE"] = previous
+def paths(tmp_path_factory: pytest.TempPathFactory) -> ModelPaths:
+    """The machine's weights, with the exports going to a temporary ONNX cache."""
+    return replace(PATHS, onnx_cache=tmp_path_factory.mktemp("onnx-cache"))
 
 
 @pytest.fixture(scope="module", params=sorted(MIN_COSINE))
-def onnx_backend(request: pytest.FixtureRequest, onnx_cache: Path) -> EmbeddingBackend:
+def onnx_backend(request: pytest.FixtureRequest, paths: ModelPaths) -> EmbeddingBackend:
     from deployments.backends import load_backend
 
-    backend = load_backend(SPEC, request.param, threads=2)
+    backend = load_backend(SPEC, request.param, threads=2, paths=paths)
     assert backend.name == request.param
     return backend
 
@@ -131,7 +124,7 @@ def onnx_backend(request: pytest.FixtureRequest, onnx_cache: Path) -> EmbeddingB
 def torch_backend() -> EmbeddingBackend:
     from deployments.backends import load_backend
 
-    return load_backend(SPEC, "torch", device="cpu", threads=2)
+    return load_backend(SPEC, "torch", device="cpu", threads=2, paths=PATHS)
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +136,14 @@ def test_text_set_is_varied() -> None:
     assert len(TEXTS) >= 50
 
 
-def test_export_is_cached_in_the_cache_dir(onnx_cache: Path, onnx_backend: EmbeddingBackend) -> None:
+def test_export_is_cached_in_the_cache_dir(paths: ModelPaths, onnx_backend: EmbeddingBackend) -> None:
     from deployments.backends.onnx_export import export_onnx
 
     precision = "int8" if onnx_backend.name == "onnx-int8" else "fp32"
-    path = onnx_cache / f"{SPEC.name}-{SPEC.version}" / f"model.{precision}.onnx"
+    path = paths.onnx_cache / f"{SPEC.name}-{SPEC.version}" / f"model.{precision}.onnx"
     assert path.is_file()
     mtime = path.stat().st_mtime_ns
-    assert export_onnx(SPEC, precision) == path  # present: returned as is, not re-exported
+    assert export_onnx(SPEC, precision, paths) == path  # present: returned as is, not re-exported
     assert path.stat().st_mtime_ns == mtime
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".export-")]  # no temp left behind
 
@@ -183,7 +176,7 @@ def test_default_backend_is_onnx_fp32_and_onnx_runs_on_the_cpu_only() -> None:
 
     assert SPEC.default_backend == "onnx-fp32"
     with pytest.raises(ValueError, match="CPU only"):
-        load_backend(SPEC, "onnx-int8", device="cuda")
+        load_backend(SPEC, "onnx-int8", device="cuda", paths=PATHS)
 
 
 def test_batch_composition_does_not_change_vectors(onnx_backend: EmbeddingBackend) -> None:

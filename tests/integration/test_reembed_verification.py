@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from deployments.model_paths import ModelPaths
 from deployments.point_ids import point_id_for
 from deployments.vector_store import PointRecord, StoreConfig
 from deployments.vector_store.edge import EdgeBackend
@@ -41,7 +42,8 @@ def verify(store: EdgeBackend, source: str, target: str, passes: list[Any],
         return {"per_tenant": {}, "totals": {}, "failed_examples": []}, {}
 
     pipeline = reembed.Pipeline(store, StoreConfig(Path(".")), target, MODEL, target.rsplit("__", 1)[1],
-                                sources.parse_source(f"collection:{MODEL}"), 64, 256, False, None)
+                                sources.parse_source(f"collection:{MODEL}"), 64, 256, False, None,
+                                ModelPaths.default())
     move = migration.TenantMove(ORG, source, "migrate", source)
     monkeypatch.setattr(reembed, "_write_pass", write_pass_fake)
     return reembed._verify(pipeline, [move], {ORG: source}, {"per_tenant": {}}, ReembedArgs(model=MODEL),

@@ -189,8 +189,9 @@ def test_bad_input_is_a_4xx_naming_the_field(serve_app: ServeApp, case: str, pay
         assert MODEL in error["message"] and "all-mpnet-base-v2" in error["message"]
     if case == "model not served":
         from deployments.registry import get_model
+        from serve_app.settings import Settings
 
-        installed = get_model("all-mpnet-base-v2").is_installed()
+        installed = get_model("all-mpnet-base-v2").is_installed(Settings().model_paths())
         assert error["code"] == ("model_not_served" if installed else "model_not_installed"), error
     assert_still_serving(serve_app, pid)
 
@@ -215,9 +216,11 @@ def test_models_health_and_docs(serve_app: ServeApp) -> None:
     by_id = {m["id"]: m for m in models}
     assert by_id[MODEL]["installed"] and by_id[MODEL]["served"] and by_id[MODEL]["dimension"] == 384
     from deployments.registry import get_model
+    from serve_app.settings import Settings
 
     mpnet = by_id["all-mpnet-base-v2"]
-    assert mpnet["installed"] is get_model("all-mpnet-base-v2").is_installed() and mpnet["served"] is False
+    installed = get_model("all-mpnet-base-v2").is_installed(Settings().model_paths())
+    assert mpnet["installed"] is installed and mpnet["served"] is False
     assert mpnet["dimension"] == 768
     assert httpx.get(f"{serve_app.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{serve_app.url}/readyz", timeout=30)

@@ -23,6 +23,7 @@ from bench.texts import short_texts
 from cluster.local import render_serve_config
 from deployments.registry import get_model
 from deployments.vector_store import collection_name
+from serve_app.settings import Settings
 from tests.conftest import ROOT, ServeApp
 from tests.serve.helpers import (
     JOB_TIMEOUT_S,
@@ -38,12 +39,13 @@ from tests.serve.helpers import (
 from tests.serve.helpers import found as found_by
 
 MINILM, MPNET = "minilm-l6-v2", "all-mpnet-base-v2"
+PATHS = Settings().model_paths()  # where the app finds the weights: the same environment
 MINI_V1, MPNET_V1 = collection_name(MINILM, "v1"), collection_name(MPNET, "v1")
 DEPLOY_TIMEOUT_S = 600.0
 
 pytestmark = [
     pytest.mark.serve,
-    pytest.mark.skipif(not get_model(MPNET).is_installed(), reason=f"{MPNET} not installed (make models)"),
+    pytest.mark.skipif(not get_model(MPNET).is_installed(PATHS), reason=f"{MPNET} not installed (make models)"),
 ]
 
 
@@ -105,7 +107,7 @@ def test_mpnet_through_the_api_matches_sentence_transformers(two_models: ServeAp
     assert models[MPNET]["served"] and models[MPNET]["dimension"] == 768 and models[MINILM]["served"]
     texts = [*short_texts(6), "A much longer passage about semantic search. " * 40]
     served = api_vectors(two_models.url, texts, model=MPNET)
-    reference = SentenceTransformer(str(get_model(MPNET).weights_dir()), device="cpu").encode(
+    reference = SentenceTransformer(str(get_model(MPNET).weights_dir(PATHS)), device="cpu").encode(
         texts, normalize_embeddings=True)
     cosines = (served * reference).sum(axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1))
     assert served.shape == (len(texts), 768) and cosines.min() >= 0.9999, cosines

