@@ -240,7 +240,8 @@ def ingress_env(mode: str, port: int) -> dict[str, str]:
 
 
 # Names besides the HEIMDEX_ prefix that Settings reads (serve_app/settings.py), handed to replicas too.
-SETTINGS_ENV_NAMES = frozenset({"ENABLE_REAL_EMBEDDINGS"})
+# XDG_CACHE_HOME: where the model cache defaults (Settings.model_paths()), so the Gateway finds what build_app saw.
+SETTINGS_ENV_NAMES = frozenset({"ENABLE_REAL_EMBEDDINGS", "XDG_CACHE_HOME"})
 
 
 def heimdex_env(environ: Mapping[str, str]) -> dict[str, str]:
