@@ -7,7 +7,7 @@ faster again, at a small, measured cost in cosine (tests/integration/test_onnx_b
 Tokenisation is the same Rust tokenizer with the same truncation as :class:`TorchBackend`, and the
 shared chunking and normalisation in ``base.py`` are untouched, so only the forward pass differs.
 The graph is exported (and cached) by :mod:`deployments.backends.onnx_export` on first use when it
-is not already on disk; ``python -m deployments.backends.onnx_export`` does it at set-up time.
+is not already on disk; ``heimdex models export`` does it at set-up time.
 """
 
 from __future__ import annotations
