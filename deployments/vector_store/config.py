@@ -6,8 +6,27 @@ tasks and job drivers receive it and open the store in their own process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SearchTuning:
+    """How searches trade speed for exactness and how hybrid fuses (``HEIMDEX_SEARCH_*`` settings).
+
+    * ``exact_max_points``: a tenant (or asset) holding at most this many points is searched exactly (a full
+      scan of its points, recall 1.0); above it the HNSW graph answers with beam width ``hnsw_ef``.
+    * ``hnsw_ef``: HNSW beam width of approximate dense searches (Qdrant's default is the index's ef_construct).
+    * ``prefetch_limit``: candidates each side (dense, sparse) hands to the fusion, at least the asked limit.
+    * ``rrf_k`` / ``rrf_weights``: reciprocal rank fusion, score = sum of weight / (k + rank) over the
+      (dense, sparse) lists.
+    """
+
+    exact_max_points: int = 20_000
+    hnsw_ef: int = 128
+    prefetch_limit: int = 50
+    rrf_k: int = 60
+    rrf_weights: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -17,6 +36,7 @@ class StoreConfig:
     qdrant_api_key: str | None = None
     actor_name: str = "heimdex-vector-store"  # the Ray actor that owns the embedded store
     optimize_after_writes: int = 2000
+    search: SearchTuning = field(default_factory=SearchTuning)
 
     @property
     def embedded(self) -> bool:
