@@ -1,8 +1,11 @@
-"""The payload of a stored segment: the one shape the relay and the bulk sink both write."""
+"""The payload of a stored segment, and its point: the one shape the relay and the bulk sink both write."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from deployments.vector_store import bm25
+from deployments.vector_store.base import PointRecord, Vector
 
 # Characters of the text kept in ``text_preview`` (what search results show).
 TEXT_PREVIEW_CHARS = 200
@@ -19,3 +22,8 @@ def segment_payload(org_id: str, asset_id: str, segment_id: str, model: str, mod
     if job_id is not None:
         payload["job_id"] = job_id
     return payload
+
+
+def segment_point(point_id: str, vector: Vector, payload: dict[str, Any]) -> PointRecord:
+    """A segment's point: the model's vector beside the BM25 terms of the payload's ``text`` (sparse search)."""
+    return PointRecord(point_id, vector, payload, bm25.encode_document(str(payload.get("text") or "")))
