@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployments.vector_store.config import StoreConfig
+from deployments.vector_store.config import SearchTuning, StoreConfig
 
 DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
 
@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
     store_actor_name: str = Field("heimdex-vector-store", description="Named Ray actor owning the store.")
     optimize_after_writes: int = Field(2000, ge=1, description="Build HNSW after this many new points.")
+
+    # Search (docs/retrieval.md says how these defaults were measured)
+    search_mode: Literal["dense", "sparse", "hybrid"] = Field(
+        "dense", description="Mode of a /vectors/search `query` that names none: dense (cosine over the model's "
+        "vectors), sparse (BM25 over the segment text) or hybrid (both, fused by reciprocal rank).")
+    search_exact_max_points: int = Field(
+        20_000, ge=0, description="A tenant (or asset) with at most this many points is searched exactly (full "
+        "scan, recall 1.0); larger ones through the HNSW graph with `search_hnsw_ef`.")
+    search_hnsw_ef: int = Field(256, ge=1, description="HNSW beam width of approximate dense searches.")
+    search_prefetch_limit: int = Field(50, ge=1, le=1000, description="Candidates the dense and the sparse "
+                                       "search each hand to hybrid fusion (at least the request's limit).")
+    search_rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant k: score = sum of "
+                              "weight / (k + rank).")
+    search_rrf_dense_weight: float = Field(1.0, gt=0, description="Weight of the dense list in hybrid fusion.")
+    search_rrf_sparse_weight: float = Field(1.0, gt=0, description="Weight of the BM25 list in hybrid fusion.")
 
     # Models
     default_model: str = Field("minilm-l6-v2", description="Model used when a request names none.")
@@ -135,7 +150,13 @@ class Settings(BaseSettings):
         """What the vector-store layer needs of these settings (a picklable value for Ray tasks)."""
         return StoreConfig(data_dir=self.data_dir.resolve(), qdrant_url=self.qdrant_url,
                            qdrant_api_key=self.qdrant_api_key, actor_name=self.store_actor_name,
-                           optimize_after_writes=self.optimize_after_writes)
+                           optimize_after_writes=self.optimize_after_writes, search=self.search_tuning())
+
+    def search_tuning(self) -> SearchTuning:
+        """The search settings the store applies (exact scans, HNSW beam, hybrid fusion)."""
+        return SearchTuning(exact_max_points=self.search_exact_max_points, hnsw_ef=self.search_hnsw_ef,
+                            prefetch_limit=self.search_prefetch_limit, rrf_k=self.search_rrf_k,
+                            rrf_weights=(self.search_rrf_dense_weight, self.search_rrf_sparse_weight))
 
     @property
     def resolved_database_url(self) -> str:
