@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,16 @@ class SearchTuning:
       scan of its points, recall 1.0); above it the HNSW graph answers with beam width ``hnsw_ef``.
     * ``hnsw_ef``: HNSW beam width of approximate dense searches (Qdrant's default is the index's ef_construct).
     * ``prefetch_limit``: candidates each side (dense, sparse) hands to the fusion, at least the asked limit.
-    * ``rrf_k`` / ``rrf_weights``: reciprocal rank fusion, score = sum of weight / (k + rank) over the
-      (dense, sparse) lists.
+    * ``fusion``: how hybrid merges the two lists inside Qdrant: ``rrf`` (reciprocal rank fusion, score =
+      sum of weight / (k + rank) over the (dense, sparse) lists, ``rrf_k`` / ``rrf_weights``) or ``dbsf``
+      (distribution-based score fusion: each list's scores normalised by their mean +/- 3 standard
+      deviations, then summed; no parameters).
     """
 
     exact_max_points: int = 20_000
     hnsw_ef: int = 128
     prefetch_limit: int = 50
+    fusion: Literal["rrf", "dbsf"] = "rrf"
     rrf_k: int = 60
     rrf_weights: tuple[float, float] = (1.0, 1.0)
 

@@ -325,9 +325,9 @@ class EdgeBackend(VectorStore):
                 if sparse_query is not None:  # a query of stopwords only fuses the dense list alone
                     prefetches.append(qe.Prefetch(limit=depth, query=sparse_query, filter=flt, params=sparse_params))
                     weights.append(t.rrf_weights[1])
-                request = qe.QueryRequest(limit=limit, prefetches=prefetches,
-                                          query=qe.Fusion.Rrf(k=t.rrf_k, weights=weights),  # type: ignore[arg-type]
-                                          filter=flt,
+                # The stubs type the fusion as Fusion; the runtime classes are Fusion.Rrf / Fusion.Dbsf.
+                fusion: Any = qe.Fusion.Dbsf() if t.fusion == "dbsf" else qe.Fusion.Rrf(k=t.rrf_k, weights=weights)
+                request = qe.QueryRequest(limit=limit, prefetches=prefetches, query=fusion, filter=flt,
                                           score_threshold=score_threshold, with_payload=with_payload)
             return [_hit(p) for p in s.shard.query(request)]
 

@@ -301,8 +301,9 @@ class ServerBackend(VectorStore):
                 prefetch.append(m.Prefetch(query=sparse, using=bm25.SPARSE_VECTOR, filter=flt, limit=depth,
                                            params=sparse_params))
                 weights.append(t.rrf_weights[1])
-            response = self._call(self.client.query_points, name, prefetch=prefetch,
-                                  query=m.RrfQuery(rrf=m.Rrf(k=t.rrf_k, weights=weights)), **common)
+            fusion: m.Query = (m.FusionQuery(fusion=m.Fusion.DBSF) if t.fusion == "dbsf"
+                               else m.RrfQuery(rrf=m.Rrf(k=t.rrf_k, weights=weights)))
+            response = self._call(self.client.query_points, name, prefetch=prefetch, query=fusion, **common)
         return [_hit(p) for p in response.points]
 
     def retrieve(
