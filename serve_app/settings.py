@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deployments.vector_store.config import SearchTuning, StoreConfig
 
 DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
+_SEARCH = SearchTuning()  # the measured search defaults live in one place (docs/retrieval.md)
 
 
 class Settings(BaseSettings):
@@ -58,15 +59,21 @@ class Settings(BaseSettings):
         "dense", description="Mode of a /vectors/search `query` that names none: dense (cosine over the model's "
         "vectors), sparse (BM25 over the segment text) or hybrid (both, fused by reciprocal rank).")
     search_exact_max_points: int = Field(
-        20_000, ge=0, description="A tenant (or asset) with at most this many points is searched exactly (full "
-        "scan, recall 1.0); larger ones through the HNSW graph with `search_hnsw_ef`.")
-    search_hnsw_ef: int = Field(256, ge=1, description="HNSW beam width of approximate dense searches.")
-    search_prefetch_limit: int = Field(50, ge=1, le=1000, description="Candidates the dense and the sparse "
-                                       "search each hand to hybrid fusion (at least the request's limit).")
-    search_rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant k: score = sum of "
+        _SEARCH.exact_max_points, ge=0, description="A tenant (or asset) with at most this many points is "
+        "searched exactly (full scan, recall 1.0); larger ones through the HNSW graph with `search_hnsw_ef`.")
+    search_hnsw_ef: int = Field(_SEARCH.hnsw_ef, ge=1, description="HNSW beam width of approximate dense searches.")
+    search_prefetch_limit: int = Field(
+        _SEARCH.prefetch_limit, ge=1, le=1000, description="Candidates the dense and the sparse search each hand "
+        "to hybrid fusion (at least the request's limit).")
+    search_fusion: Literal["rrf", "dbsf"] = Field(
+        _SEARCH.fusion, description="How hybrid merges the dense and BM25 lists inside Qdrant: rrf (reciprocal "
+        "rank fusion) or dbsf (distribution-based score fusion).")
+    search_rrf_k: int = Field(_SEARCH.rrf_k, ge=1, description="Reciprocal rank fusion constant k: score = sum of "
                               "weight / (k + rank).")
-    search_rrf_dense_weight: float = Field(1.0, gt=0, description="Weight of the dense list in hybrid fusion.")
-    search_rrf_sparse_weight: float = Field(1.0, gt=0, description="Weight of the BM25 list in hybrid fusion.")
+    search_rrf_dense_weight: float = Field(_SEARCH.rrf_weights[0], gt=0,
+                                           description="Weight of the dense list in hybrid fusion.")
+    search_rrf_sparse_weight: float = Field(_SEARCH.rrf_weights[1], gt=0,
+                                            description="Weight of the BM25 list in hybrid fusion.")
 
     # Models
     default_model: str = Field("minilm-l6-v2", description="Model used when a request names none.")
@@ -155,7 +162,8 @@ class Settings(BaseSettings):
     def search_tuning(self) -> SearchTuning:
         """The search settings the store applies (exact scans, HNSW beam, hybrid fusion)."""
         return SearchTuning(exact_max_points=self.search_exact_max_points, hnsw_ef=self.search_hnsw_ef,
-                            prefetch_limit=self.search_prefetch_limit, rrf_k=self.search_rrf_k,
+                            prefetch_limit=self.search_prefetch_limit, fusion=self.search_fusion,
+                            rrf_k=self.search_rrf_k,
                             rrf_weights=(self.search_rrf_dense_weight, self.search_rrf_sparse_weight))
 
     @property
