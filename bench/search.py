@@ -254,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also HNSW without exact scans at several ef")
     parser.add_argument("--efs", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--noise", type=float, default=NOISE)
+
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     tunings: dict[str, Any] = {"default": SearchTuning()}
     if args.sweep:
         tunings["exact"] = SearchTuning(exact_max_points=10**9)
         for ef in args.efs:
-            tunings[f"hnsw ef={ef}"] = SearchTuning(exact_max_points=0, hnsw_ef=ef)
+            tunings[f"hnsw ef={ef}"] = SearchTuning(exact_max_points=0, hnsw_ef=ef, acorn=False)
+            tunings[f"acorn ef={ef}"] = SearchTuning(exact_max_points=0, hnsw_ef=ef, acorn=True)
     result = measure_store_search(args.points, tuple(args.tenants), args.queries, tunings=tunings, noise=args.noise)
     print_store_search(result)
     if args.json:

@@ -56,12 +56,14 @@ class Settings(BaseSettings):
 
     # Search (docs/retrieval.md says how these defaults were measured)
     search_mode: Literal["dense", "sparse", "hybrid"] = Field(
-        "dense", description="Mode of a /vectors/search `query` that names none: dense (cosine over the model's "
+        "hybrid", description="Mode of a /vectors/search `query` that names none: dense (cosine over the model's "
         "vectors), sparse (BM25 over the segment text) or hybrid (both, fused by reciprocal rank).")
     search_exact_max_points: int = Field(
         _SEARCH.exact_max_points, ge=0, description="A tenant (or asset) with at most this many points is "
         "searched exactly (full scan, recall 1.0); larger ones through the HNSW graph with `search_hnsw_ef`.")
     search_hnsw_ef: int = Field(_SEARCH.hnsw_ef, ge=1, description="HNSW beam width of approximate dense searches.")
+    search_acorn: bool = Field(_SEARCH.acorn, description="Let Qdrant use ACORN for a filtered HNSW search of a "
+                               "tenant that is a small share of its collection (plain filtered HNSW loses recall).")
     search_prefetch_limit: int = Field(
         _SEARCH.prefetch_limit, ge=1, le=1000, description="Candidates the dense and the sparse search each hand "
         "to hybrid fusion (at least the request's limit).")
@@ -162,6 +164,7 @@ class Settings(BaseSettings):
     def search_tuning(self) -> SearchTuning:
         """The search settings the store applies (exact scans, HNSW beam, hybrid fusion)."""
         return SearchTuning(exact_max_points=self.search_exact_max_points, hnsw_ef=self.search_hnsw_ef,
+                            acorn=self.search_acorn,
                             prefetch_limit=self.search_prefetch_limit, fusion=self.search_fusion,
                             rrf_k=self.search_rrf_k,
                             rrf_weights=(self.search_rrf_dense_weight, self.search_rrf_sparse_weight))

@@ -276,9 +276,11 @@ class EdgeBackend(VectorStore):
 
     # Reads -----------------------------------------------------------------------------------
     def _dense_params(self, s: _Shard, flt: qe.Filter) -> qe.SearchParams:
-        """Exact when the filtered set is small enough to scan (recall 1.0), else HNSW with a wide beam."""
+        """Exact when the filtered set is small enough to scan (recall 1.0), else HNSW (ACORN for a small share)."""
         n = int(s.shard.count(qe.CountRequest(exact=False, filter=flt)))
-        return qe.SearchParams(exact=n <= self.tuning.exact_max_points, hnsw_ef=self.tuning.hnsw_ef)
+        t = self.tuning
+        return qe.SearchParams(exact=n <= t.exact_max_points, hnsw_ef=t.hnsw_ef,
+                               acorn=qe.AcornSearchParams(enable=True) if t.acorn else None)
 
     def search(
         self,

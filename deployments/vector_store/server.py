@@ -254,9 +254,11 @@ class ServerBackend(VectorStore):
 
     # Reads -----------------------------------------------------------------------------------
     def _dense_params(self, name: str, flt: m.Filter) -> m.SearchParams:
-        """Exact when the filtered set is small enough to scan (recall 1.0), else HNSW with a wide beam."""
+        """Exact when the filtered set is small enough to scan (recall 1.0), else HNSW (ACORN for a small share)."""
         n = int(self._call(self.client.count, name, count_filter=flt, exact=False).count)
-        return m.SearchParams(exact=n <= self.tuning.exact_max_points, hnsw_ef=self.tuning.hnsw_ef)
+        t = self.tuning
+        return m.SearchParams(exact=n <= t.exact_max_points, hnsw_ef=t.hnsw_ef,
+                              acorn=m.AcornSearchParams(enable=True) if t.acorn else None)
 
     def search(
         self,
