@@ -319,7 +319,7 @@ class Bench:
         from bench.search import measure_store_search
 
         p = self.profile
-        return measure_store_search(p.search_modes_points, (1, 10), p.search_modes_queries)
+        return measure_store_search(p.search_modes_points, (1, 4, 10), p.search_modes_queries)
 
     def _retrieval(self) -> dict[str, Any]:
         from bench.retrieval import measure_retrieval

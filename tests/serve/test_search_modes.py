@@ -83,7 +83,8 @@ def test_a_paraphrase_still_finds_its_source_in_hybrid(serve_app: ServeApp, corp
 @pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
 def test_every_mode_stays_inside_the_tenant(serve_app: ServeApp, corpus: dict[str, Any], mode: str) -> None:
     for org, other in ((ORG_A, ORG_B), (ORG_B, ORG_A)):
-        for query in (CODE, "pump leaks oil", PARAPHRASES[0][1]):
+        # A paraphrase shares no word with its source: BM25 alone finds nothing for it.
+        for query in (CODE, "pump leaks oil", *([PARAPHRASES[0][1]] if mode != "sparse" else [])):
             response = search(serve_app, org, query=query, mode=mode, limit=100)
             assert response.status_code == 200, response.text
             returned = {r["point_id"] for r in response.json()["results"]}
