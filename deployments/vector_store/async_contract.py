@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from deployments.vector_store.base import PointRecord, SearchHit, StoredPoint, Vector, WithPayload
+from deployments.vector_store.base import PointRecord, SearchHit, SearchMode, StoredPoint, Vector, WithPayload
 
 __all__ = ["AsyncVectorStore"]
 
@@ -64,13 +64,18 @@ class AsyncVectorStore(abc.ABC):
         self,
         collection: str,
         tenant: str,
-        vector: Vector,
+        vector: Vector | None,
         limit: int = 10,
         asset_id: str | None = None,
         score_threshold: float | None = None,
         with_payload: WithPayload = True,
+        mode: SearchMode = 'dense',
+        text: str | None = None,
     ) -> list[SearchHit]:
-        """Nearest neighbours of ``vector`` among the tenant's points, best first."""
+        """The tenant's best points, best first. ``mode`` dense: nearest neighbours of ``vector`` (cosine);
+        sparse: BM25 of ``text`` over the segment texts; hybrid: both lists fused by reciprocal rank inside
+        Qdrant. The tenant (and ``asset_id``) filter applies to every stage; ``score_threshold`` to the final
+        score. Sparse and hybrid raise SparseIndexMissingError on a collection without BM25 vectors."""
 
     @abc.abstractmethod
     async def retrieve(

@@ -15,13 +15,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 Vector: TypeAlias = Sequence[float] | npt.NDArray[Any]
 WithPayload: TypeAlias = bool | list[str]
+# dense: cosine over the model's vectors; sparse: BM25 over the segment text; hybrid: both, fused by
+# reciprocal rank inside Qdrant's query API.
+SearchMode: TypeAlias = Literal["dense", "sparse", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = ("dense", "sparse", "hybrid")
 
 TENANT_FIELD = "org_id"
 ASSET_FIELD = "asset_id"
@@ -58,13 +62,35 @@ class TenantMismatchError(VectorStoreError, ValueError):
     """A point whose payload names another tenant than the one writing it."""
 
 
+class SparseIndexMissingError(VectorStoreError, LookupError):
+    """A sparse or hybrid search of a collection created before collections carried BM25 vectors."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        super().__init__(f"collection {collection!r} has no BM25 (sparse) vectors: it was created before hybrid "
+                         "retrieval; re-embed into a new version to search it with mode 'sparse' or 'hybrid'")
+
+
+@dataclass(frozen=True)
+class SparseTerms:
+    """A sparse vector: term ids and their weights, same length (see deployments.vector_store.bm25)."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.indices)
+
+
 @dataclass
 class PointRecord:
-    """One point to write: a deterministic id (UUID string), its vector and payload."""
+    """One point to write: a deterministic id (UUID string), its vector and payload, and the BM25 terms of
+    its text (``bm25.encode_document``; None writes no sparse vector: sparse search will not find it)."""
 
     id: str
     vector: Vector
     payload: dict[str, Any] = field(default_factory=dict)
+    sparse: SparseTerms | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +132,16 @@ def alias_name(model: str) -> str:
 def as_float_list(vector: Vector) -> list[float]:
     """A vector as plain Python floats (both engines want lists; numpy arrays are common input)."""
     return [float(x) for x in np.asarray(vector, dtype=np.float32).reshape(-1)]
+
+
+def check_search(mode: str, vector: Vector | None, text: str | None) -> None:
+    """Refuse a search that lacks what its mode needs: dense a vector, sparse a text, hybrid both."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"unknown search mode {mode!r}; one of {', '.join(SEARCH_MODES)}")
+    if mode != "sparse" and vector is None:
+        raise ValueError(f"a {mode} search needs a query vector")
+    if mode != "dense" and text is None:
+        raise ValueError(f"a {mode} search needs the query text")
 
 
 def check_tenant(tenant: str) -> str:
@@ -176,13 +212,18 @@ class VectorStore(abc.ABC):
         self,
         collection: str,
         tenant: str,
-        vector: Vector,
+        vector: Vector | None,
         limit: int = 10,
         asset_id: str | None = None,
         score_threshold: float | None = None,
         with_payload: WithPayload = True,
+        mode: SearchMode = "dense",
+        text: str | None = None,
     ) -> list[SearchHit]:
-        """Nearest neighbours of ``vector`` among the tenant's points, best first."""
+        """The tenant's best points, best first. ``mode`` dense: nearest neighbours of ``vector`` (cosine);
+        sparse: BM25 of ``text`` over the segment texts; hybrid: both lists fused by reciprocal rank inside
+        Qdrant. The tenant (and ``asset_id``) filter applies to every stage; ``score_threshold`` to the final
+        score. Sparse and hybrid raise SparseIndexMissingError on a collection without BM25 vectors."""
 
     @abc.abstractmethod
     def retrieve(

@@ -15,6 +15,7 @@ qdrant-edge 0.9 quirks this module works around (see tests/integration/test_vect
   it; with the engine default a small shard is never indexed at all and optimize() is a no-op.
 * ``retrieve`` takes no filter, so tenant isolation on retrieve filters the payloads afterwards.
 * Ids come back as ``uuid.UUID``; they are returned as canonical strings.
+* A point of a collection with a sparse vector reads back as ``{"": dense, "bm25": SparseVector}``.
 * There is no snapshot *create* in the API (only unpack/update_from_snapshot), so a snapshot is a
   gzip-1 tar of the flushed shard directory taken under the shard lock; restore closes the shard,
   swaps the directory and loads it again.
@@ -39,6 +40,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from deployments.vector_store import bm25
 from deployments.vector_store.base import (
     ASSET_FIELD,
     TENANT_FIELD,
@@ -46,6 +48,8 @@ from deployments.vector_store.base import (
     DimensionMismatchError,
     PointRecord,
     SearchHit,
+    SearchMode,
+    SparseIndexMissingError,
     StoredPoint,
     StoreUnavailableError,
     Vector,
@@ -53,10 +57,12 @@ from deployments.vector_store.base import (
     WithPayload,
     alias_name,
     as_float_list,
+    check_search,
     check_tenant,
     collection_name,
     tenant_payload,
 )
+from deployments.vector_store.config import SearchTuning
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,8 @@ def _hit(point: Any) -> SearchHit:
 
 
 def _stored(record: Any, with_vectors: bool) -> StoredPoint:
-    vector = [float(x) for x in record.vector] if with_vectors and record.vector is not None else None
+    raw = record.vector.get("") if isinstance(record.vector, dict) else record.vector
+    vector = [float(x) for x in raw] if with_vectors and raw is not None else None
     return StoredPoint(point_id=str(record.id), payload=dict(record.payload or {}), vector=vector)
 
 
@@ -91,6 +98,7 @@ class _Shard:
     path: Path
     shard: qe.EdgeShard
     dimension: int
+    sparse: bool = False  # has the BM25 sparse vector (collections created before hybrid retrieval have not)
     lock: threading.RLock = field(default_factory=threading.RLock)
     pending_writes: int = 0
     last_write: float = 0.0
@@ -104,9 +112,11 @@ class EdgeBackend(VectorStore):
     kind = "edge"
 
     def __init__(
-        self, data_dir: Path, optimize_after_writes: int = 2000, idle_optimize_s: float = IDLE_OPTIMIZE_S
+        self, data_dir: Path, optimize_after_writes: int = 2000, idle_optimize_s: float = IDLE_OPTIMIZE_S,
+        tuning: SearchTuning | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.tuning = tuning or SearchTuning()
         self.optimize_after_writes = optimize_after_writes
         self.idle_optimize_s = idle_optimize_s
         self._collections_dir = self.data_dir / "collections"
@@ -131,8 +141,9 @@ class EdgeBackend(VectorStore):
     def _load(name: str, path: Path) -> _Shard:
         config = json.loads((path / "edge_config.json").read_text())
         dimension = int(config["vectors"][""]["size"])
+        sparse = bm25.SPARSE_VECTOR in (config.get("sparse_vectors") or {})
         shard = qe.EdgeShard.load(str(path))
-        return _Shard(name=name, path=path, shard=shard, dimension=dimension,
+        return _Shard(name=name, path=path, shard=shard, dimension=dimension, sparse=sparse,
                       optimized_writes=int(shard.info().points_count))
 
     def _read_aliases(self) -> dict[str, str]:
@@ -183,8 +194,11 @@ class EdgeBackend(VectorStore):
     def _create(self, name: str, dimension: int) -> _Shard:
         # Size the indexing threshold (KB) so optimize() indexes once optimize_after_writes points land.
         threshold_kb = max(1, self.optimize_after_writes * dimension * 4 // 1024)
+        # The dense vector stays the unnamed one (as in collections made before hybrid retrieval); the BM25
+        # vector sits beside it, its IDF computed by the engine at query time.
         config = qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
+            sparse_vectors={bm25.SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb),
         )
         path = self._collections_dir / name
@@ -194,7 +208,7 @@ class EdgeBackend(VectorStore):
         )
         shard.update(qe.UpdateOperation.create_field_index(ASSET_FIELD, qe.KeywordIndexParams()))
         shard.flush()
-        return _Shard(name=name, path=path, shard=shard, dimension=dimension)
+        return _Shard(name=name, path=path, shard=shard, dimension=dimension, sparse=True)
 
     def resolve(self, name_or_alias: str) -> str:
         return self._get(name_or_alias).name
@@ -229,7 +243,11 @@ class EdgeBackend(VectorStore):
                 vector = as_float_list(point.vector)
                 if len(vector) != s.dimension:
                     raise DimensionMismatchError(s.name, s.dimension, len(vector))
-                batch.append(qe.Point(point.id, vector, tenant_payload(tenant, point.payload)))
+                stored: Any = vector
+                if s.sparse and point.sparse:
+                    terms = qe.SparseVector(list(point.sparse.indices), list(point.sparse.values))
+                    stored = {"": vector, bm25.SPARSE_VECTOR: terms}
+                batch.append(qe.Point(point.id, stored, tenant_payload(tenant, point.payload)))
             s.shard.update(qe.UpdateOperation.upsert_points(batch))
             if wait:
                 s.shard.flush()
@@ -257,38 +275,62 @@ class EdgeBackend(VectorStore):
         return len(owned)
 
     # Reads -----------------------------------------------------------------------------------
-    def _query(
-        self,
-        vector: list[float],
-        tenant: str,
-        limit: int,
-        asset_id: str | None,
-        score_threshold: float | None,
-        with_payload: WithPayload,
-    ) -> qe.QueryRequest:
-        return qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(vector),
-            filter=_tenant_filter(tenant, asset_id),
-            score_threshold=score_threshold,
-            with_payload=with_payload,
-        )
+    def _dense_params(self, s: _Shard, flt: qe.Filter) -> qe.SearchParams:
+        """Exact when the filtered set is small enough to scan (recall 1.0), else HNSW (ACORN for a small share)."""
+        n = int(s.shard.count(qe.CountRequest(exact=False, filter=flt)))
+        t = self.tuning
+        return qe.SearchParams(exact=n <= t.exact_max_points, hnsw_ef=t.hnsw_ef,
+                               acorn=qe.AcornSearchParams(enable=True) if t.acorn else None)
 
     def search(
         self,
         collection: str,
         tenant: str,
-        vector: Vector,
+        vector: Vector | None,
         limit: int = 10,
         asset_id: str | None = None,
         score_threshold: float | None = None,
         with_payload: WithPayload = True,
+        mode: SearchMode = "dense",
+        text: str | None = None,
     ) -> list[SearchHit]:
-        query_vector = as_float_list(vector)
+        check_search(mode, vector, text)
+        query_vector = as_float_list(vector) if vector is not None else []
+        flt = _tenant_filter(tenant, asset_id)
+        terms = bm25.encode_query(text or "") if mode != "dense" else None
         with self._locked(collection) as s:
-            if len(query_vector) != s.dimension:
+            if mode != "sparse" and len(query_vector) != s.dimension:
                 raise DimensionMismatchError(s.name, s.dimension, len(query_vector))
-            request = self._query(query_vector, tenant, limit, asset_id, score_threshold, with_payload)
+            if mode != "dense" and not s.sparse:
+                raise SparseIndexMissingError(s.name)
+            sparse_query = None
+            if terms:
+                sparse_query = qe.Query.Nearest(qe.SparseVector(list(terms.indices), list(terms.values)),
+                                                using=bm25.SPARSE_VECTOR)
+            # IDF over the searching tenant's points only: another tenant's writes never move its scores.
+            sparse_params = qe.SearchParams(idf=qe.IdfParams(corpus=flt))
+            if mode == "sparse":
+                if sparse_query is None:  # only stopwords: no term to match
+                    return []
+                request = qe.QueryRequest(limit=limit, query=sparse_query, filter=flt, params=sparse_params,
+                                          score_threshold=score_threshold, with_payload=with_payload)
+            elif mode == "dense":
+                request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(query_vector), filter=flt,
+                                          params=self._dense_params(s, flt), score_threshold=score_threshold,
+                                          with_payload=with_payload)
+            else:
+                t = self.tuning
+                depth = max(limit, t.prefetch_limit)
+                prefetches = [qe.Prefetch(limit=depth, query=qe.Query.Nearest(query_vector), filter=flt,
+                                          params=self._dense_params(s, flt))]
+                weights = [t.rrf_weights[0]]
+                if sparse_query is not None:  # a query of stopwords only fuses the dense list alone
+                    prefetches.append(qe.Prefetch(limit=depth, query=sparse_query, filter=flt, params=sparse_params))
+                    weights.append(t.rrf_weights[1])
+                # The stubs type the fusion as Fusion; the runtime classes are Fusion.Rrf / Fusion.Dbsf.
+                fusion: Any = qe.Fusion.Dbsf() if t.fusion == "dbsf" else qe.Fusion.Rrf(k=t.rrf_k, weights=weights)
+                request = qe.QueryRequest(limit=limit, prefetches=prefetches, query=fusion, filter=flt,
+                                          score_threshold=score_threshold, with_payload=with_payload)
             return [_hit(p) for p in s.shard.query(request)]
 
     @staticmethod

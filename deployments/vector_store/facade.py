@@ -23,10 +23,11 @@ def build_store(config: StoreConfig) -> VectorStore:
     if config.qdrant_url:
         from deployments.vector_store.server import ServerBackend
 
-        return ServerBackend.from_url(config.qdrant_url, config.qdrant_api_key)
+        return ServerBackend.from_url(config.qdrant_url, config.qdrant_api_key, tuning=config.search)
     from deployments.vector_store.edge import EdgeBackend
 
-    return EdgeBackend(config.data_dir / "qdrant", optimize_after_writes=config.optimize_after_writes)
+    return EdgeBackend(config.data_dir / "qdrant", optimize_after_writes=config.optimize_after_writes,
+                       tuning=config.search)
 
 
 def open_store(config: StoreConfig) -> VectorStore:

@@ -1,9 +1,12 @@
-"""The payload of a stored segment: the one shape the relay and the bulk sink both write."""
+"""The payload of a stored segment, and its point: the one shape the relay and the bulk sink both write."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from deployments.vector_store import bm25
+from deployments.vector_store.base import PointRecord, Vector
 
 # Characters of the text kept in ``text_preview`` (what search results show).
 TEXT_PREVIEW_CHARS = 200
@@ -35,3 +38,8 @@ def chunk_of(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     point elsewhere), or None for a segment that is no document chunk."""
     chunk = {name: payload[name] for name in CHUNK_FIELDS if payload.get(name) is not None}
     return chunk or None
+
+
+def segment_point(point_id: str, vector: Vector, payload: dict[str, Any]) -> PointRecord:
+    """A segment's point: the model's vector beside the BM25 terms of the payload's ``text`` (sparse search)."""
+    return PointRecord(point_id, vector, payload, bm25.encode_document(str(payload.get("text") or "")))

@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from deployments.vector_store import bm25
 from deployments.vector_store.base import (
     ASSET_FIELD,
     TENANT_FIELD,
@@ -28,6 +29,8 @@ from deployments.vector_store.base import (
     DimensionMismatchError,
     PointRecord,
     SearchHit,
+    SearchMode,
+    SparseIndexMissingError,
     StoredPoint,
     StoreUnavailableError,
     Vector,
@@ -35,10 +38,12 @@ from deployments.vector_store.base import (
     WithPayload,
     alias_name,
     as_float_list,
+    check_search,
     check_tenant,
     collection_name,
     tenant_payload,
 )
+from deployments.vector_store.config import SearchTuning
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,10 @@ class ServerBackend(VectorStore):
 
     kind = "server"
 
-    def __init__(self, client: QdrantClient, snapshots_path: str = "/qdrant/snapshots") -> None:
+    def __init__(self, client: QdrantClient, snapshots_path: str = "/qdrant/snapshots",
+                 tuning: SearchTuning | None = None) -> None:
         self.client = client
+        self.tuning = tuning or SearchTuning()
         # Where the server keeps snapshots on its own disk (the official image's default); restore
         # hands the server a file:// location under it.
         self.snapshots_path = snapshots_path.rstrip("/")
@@ -93,11 +100,13 @@ class ServerBackend(VectorStore):
         self._aliases: dict[str, str] = {}
         self._aliases_at = float("-inf")
         self._dimensions: dict[str, int] = {}
+        self._sparse: dict[str, bool] = {}
 
     @classmethod
-    def from_url(cls, url: str, api_key: str | None = None, timeout: int = 30) -> ServerBackend:
+    def from_url(cls, url: str, api_key: str | None = None, timeout: int = 30,
+                 tuning: SearchTuning | None = None) -> ServerBackend:
         """A backend talking to a Qdrant server over REST."""
-        return cls(QdrantClient(url=url, api_key=api_key, timeout=timeout))
+        return cls(QdrantClient(url=url, api_key=api_key, timeout=timeout), tuning=tuning)
 
     # Plumbing --------------------------------------------------------------------------------
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -127,12 +136,19 @@ class ServerBackend(VectorStore):
     def _dimension(self, collection: str) -> int:
         dim = self._dimensions.get(collection)
         if dim is None:
-            vectors = self._call(self.client.get_collection, collection).config.params.vectors
+            config = self._call(self.client.get_collection, collection).config.params
+            vectors = config.vectors
             params = vectors.get("") if isinstance(vectors, dict) else vectors
             if params is None:
                 raise CollectionNotFoundError(collection)
+            # Collections created before hybrid retrieval have no BM25 vector (nor can one be added).
+            self._sparse[collection] = bm25.SPARSE_VECTOR in (config.sparse_vectors or {})
             dim = self._dimensions[collection] = int(params.size)
         return dim
+
+    def _has_sparse(self, collection: str) -> bool:
+        self._dimension(collection)
+        return self._sparse[collection]
 
     def _check_dimension(self, collection: str, vector: list[float]) -> None:
         expected = self._dimension(collection)
@@ -148,6 +164,7 @@ class ServerBackend(VectorStore):
                     self.client.create_collection,
                     name,
                     vectors_config=m.VectorParams(size=dimension, distance=m.Distance.COSINE),
+                    sparse_vectors_config={bm25.SPARSE_VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)},
                 )
             except UnexpectedResponse as exc:  # another process created it first
                 if exc.status_code != 409:
@@ -211,9 +228,11 @@ class ServerBackend(VectorStore):
         for point in points:
             vector = as_float_list(point.vector)
             self._check_dimension(name, vector)
-            structs.append(
-                m.PointStruct(id=point.id, vector=vector, payload=tenant_payload(tenant, point.payload))
-            )
+            stored: Any = vector
+            if point.sparse and self._has_sparse(name):
+                terms = m.SparseVector(indices=list(point.sparse.indices), values=list(point.sparse.values))
+                stored = {"": vector, bm25.SPARSE_VECTOR: terms}
+            structs.append(m.PointStruct(id=point.id, vector=stored, payload=tenant_payload(tenant, point.payload)))
         for start in range(0, len(structs), UPSERT_BATCH):
             self._call(self.client.upsert, name, points=structs[start : start + UPSERT_BATCH], wait=wait)
         return len(structs)
@@ -234,28 +253,59 @@ class ServerBackend(VectorStore):
         return len(owned)
 
     # Reads -----------------------------------------------------------------------------------
+    def _dense_params(self, name: str, flt: m.Filter) -> m.SearchParams:
+        """Exact when the filtered set is small enough to scan (recall 1.0), else HNSW (ACORN for a small share)."""
+        n = int(self._call(self.client.count, name, count_filter=flt, exact=False).count)
+        t = self.tuning
+        return m.SearchParams(exact=n <= t.exact_max_points, hnsw_ef=t.hnsw_ef,
+                              acorn=m.AcornSearchParams(enable=True) if t.acorn else None)
+
     def search(
         self,
         collection: str,
         tenant: str,
-        vector: Vector,
+        vector: Vector | None,
         limit: int = 10,
         asset_id: str | None = None,
         score_threshold: float | None = None,
         with_payload: WithPayload = True,
+        mode: SearchMode = "dense",
+        text: str | None = None,
     ) -> list[SearchHit]:
+        check_search(mode, vector, text)
         name = self.resolve(collection)
-        query = as_float_list(vector)
-        self._check_dimension(name, query)
-        response = self._call(
-            self.client.query_points,
-            name,
-            query=query,
-            query_filter=_tenant_filter(tenant, asset_id),
-            limit=limit,
-            score_threshold=score_threshold,
-            with_payload=with_payload,
-        )
+        query = as_float_list(vector) if vector is not None else []
+        if mode != "sparse":
+            self._check_dimension(name, query)
+        if mode != "dense" and not self._has_sparse(name):
+            raise SparseIndexMissingError(name)
+        flt = _tenant_filter(tenant, asset_id)
+        terms = bm25.encode_query(text or "") if mode != "dense" else None
+        sparse = m.SparseVector(indices=list(terms.indices), values=list(terms.values)) if terms else None
+        # IDF over the searching tenant's points only: another tenant's writes never move its scores.
+        sparse_params = m.SearchParams(idf=m.IdfCorpusParams(corpus=flt))
+        common: dict[str, Any] = {"query_filter": flt, "limit": limit, "score_threshold": score_threshold,
+                                  "with_payload": with_payload}
+        if mode == "sparse":
+            if sparse is None:  # only stopwords: no term to match
+                return []
+            response = self._call(self.client.query_points, name, query=sparse, using=bm25.SPARSE_VECTOR,
+                                  search_params=sparse_params, **common)
+        elif mode == "dense":
+            response = self._call(self.client.query_points, name, query=query,
+                                  search_params=self._dense_params(name, flt), **common)
+        else:
+            t = self.tuning
+            depth = max(limit, t.prefetch_limit)
+            prefetch = [m.Prefetch(query=query, filter=flt, limit=depth, params=self._dense_params(name, flt))]
+            weights = [t.rrf_weights[0]]
+            if sparse is not None:  # a query of stopwords only fuses the dense list alone
+                prefetch.append(m.Prefetch(query=sparse, using=bm25.SPARSE_VECTOR, filter=flt, limit=depth,
+                                           params=sparse_params))
+                weights.append(t.rrf_weights[1])
+            fusion: m.Query = (m.FusionQuery(fusion=m.Fusion.DBSF) if t.fusion == "dbsf"
+                               else m.RrfQuery(rrf=m.Rrf(k=t.rrf_k, weights=weights)))
+            response = self._call(self.client.query_points, name, prefetch=prefetch, query=fusion, **common)
         return [_hit(p) for p in response.points]
 
     def retrieve(

@@ -71,7 +71,7 @@ def test_paraphrase_finds_its_source_first(serve_app: ServeApp, corpus: dict[str
 
 
 def test_fox_case_scores_high(serve_app: ServeApp, corpus: dict[str, Any]) -> None:
-    top = search(serve_app, "search-org-a", query="fast animal leaping", limit=1).json()["results"][0]
+    top = search(serve_app, "search-org-a", query="fast animal leaping", limit=1, mode="dense").json()["results"][0]
     assert top["text_preview"].startswith("The quick brown fox")
     assert top["score"] > 0.3
 
@@ -98,7 +98,7 @@ def test_unknown_tenant_gets_nothing(serve_app: ServeApp, corpus: dict[str, Any]
 def test_precomputed_vector_and_threshold(serve_app: ServeApp, corpus: dict[str, Any]) -> None:
     vector = api_vectors(serve_app.url, ["fast animal leaping"])[0].tolist()
     by_vector = search(serve_app, "search-org-a", vector=vector, limit=3).json()
-    by_query = search(serve_app, "search-org-a", query="fast animal leaping", limit=3).json()
+    by_query = search(serve_app, "search-org-a", query="fast animal leaping", limit=3, mode="dense").json()
     assert [r["point_id"] for r in by_vector["results"]] == [r["point_id"] for r in by_query["results"]]
     high = search(serve_app, "search-org-a", query="fast animal leaping", limit=100, score_threshold=0.3).json()
     assert high["results"] and all(r["score"] >= 0.3 for r in high["results"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -52,7 +54,9 @@ def test_vector_and_collection_name_parsing() -> None:
 
 def test_server_retries_transient_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(server_mod.time, "sleep", sleeps.append)
+    # The server module's own view of time, not the global time.sleep: another test's daemon thread (the log
+    # flusher of test_log_flush.py sleeps in a loop forever) would otherwise land its sleeps in this list.
+    monkeypatch.setattr(server_mod, "time", SimpleNamespace(sleep=sleeps.append, monotonic=time.monotonic))
     backend = ServerBackend(QdrantClient(":memory:"))
     calls = {"n": 0}
 
