@@ -158,7 +158,10 @@ def measure_retrieval(data: Path | None = None, segments: int = DEFAULT_SEGMENTS
     variants = {"hybrid": {}, **(variants or {})}
     corpus, queries, info = build_set(data or bible_dir(), segments, exact_queries)
     spec = get_model(MODEL)
-    backend = load_backend(spec, "onnx-fp32", threads=threads or os.cpu_count() or 1)
+    from serve_app.settings import get_settings
+
+    backend = load_backend(spec, "onnx-fp32", threads=threads or os.cpu_count() or 1,
+                           paths=get_settings().model_paths())
     started = time.perf_counter()
     vectors = _embedded(backend, corpus, cache)
     qvectors = _embedded(backend, [q.text for q in queries], cache)

@@ -42,8 +42,9 @@ LOOK_ALIKES = [f"Ticket {prefix}{''.join(digits)}: the pump on line 3 leaks oil.
 @pytest.fixture(scope="module")
 def embedder() -> Any:
     from deployments.backends import load_backend
+    from serve_app.settings import Settings
 
-    return load_backend(get_model(MODEL), "onnx-fp32", threads=1)
+    return load_backend(get_model(MODEL), "onnx-fp32", threads=1, paths=Settings().model_paths())
 
 
 @pytest.fixture
