@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import re
 
 PARAPHRASES: list[tuple[str, str]] = [
@@ -44,3 +45,12 @@ def distractor_sentences(limit: int = 400) -> list[str]:
                     if len(out) >= limit:
                         return out
     return out
+
+
+# A ticket with a rare exact code and its look-alikes (one digit order or letter swapped): MiniLM's word pieces
+# barely tell the codes apart while BM25 sees each code as a token of its own (the hybrid-search tests).
+EXACT_CODE = "KX7731"
+EXACT_CODE_TARGET = f"Ticket {EXACT_CODE}: the pump on line 3 leaks oil."
+EXACT_CODE_LOOK_ALIKES = [f"Ticket {prefix}{''.join(digits)}: the pump on line 3 leaks oil."
+                          for prefix in ("KX", "XK") for digits in sorted(set(itertools.permutations("7731")))
+                          if f"{prefix}{''.join(digits)}" != EXACT_CODE]

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,17 +25,11 @@ from deployments.vector_store import PointRecord, alias_name, collection_name
 from deployments.vector_store.base import SparseIndexMissingError
 from deployments.vector_store.edge import EdgeBackend
 from deployments.vector_store.payloads import segment_payload, segment_point
-from tests.data.corpus import PARAPHRASES, distractor_sentences
+from tests.data.corpus import EXACT_CODE, EXACT_CODE_LOOK_ALIKES, EXACT_CODE_TARGET, PARAPHRASES, distractor_sentences
 
 MODEL = "minilm-l6-v2"
 ALIAS = alias_name(MODEL)
-CODE = "KX7731"
-TARGET = f"Ticket {CODE}: the pump on line 3 leaks oil."
-# The same ticket with other codes: one digit order or letter swapped, so MiniLM's word pieces barely tell them
-# apart while BM25 sees each code as a token of its own.
-LOOK_ALIKES = [f"Ticket {prefix}{''.join(digits)}: the pump on line 3 leaks oil."
-               for prefix in ("KX", "XK") for digits in sorted(set(itertools.permutations("7731")))
-               if f"{prefix}{''.join(digits)}" != CODE]
+CODE, TARGET, LOOK_ALIKES = EXACT_CODE, EXACT_CODE_TARGET, EXACT_CODE_LOOK_ALIKES
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ hybrid, every mode stays inside the tenant, and the mode rules answer as documen
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import httpx
@@ -13,18 +12,14 @@ from deployments.point_ids import point_id_for
 from deployments.vector_store import alias_name
 from deployments.vector_store.payloads import segment_payload, segment_point
 from tests.conftest import ServeApp
-from tests.data.corpus import PARAPHRASES, distractor_sentences
+from tests.data.corpus import EXACT_CODE, EXACT_CODE_LOOK_ALIKES, EXACT_CODE_TARGET, PARAPHRASES, distractor_sentences
 from tests.serve.helpers import api_vectors, auth
 
 pytestmark = pytest.mark.serve
 
 MODEL = "minilm-l6-v2"
 ORG_A, ORG_B = "modes-org-a", "modes-org-b"
-CODE = "KX7731"
-TARGET = f"Ticket {CODE}: the pump on line 3 leaks oil."
-LOOK_ALIKES = [f"Ticket {prefix}{''.join(digits)}: the pump on line 3 leaks oil."
-               for prefix in ("KX", "XK") for digits in sorted(set(itertools.permutations("7731")))
-               if f"{prefix}{''.join(digits)}" != CODE]
+CODE, TARGET, LOOK_ALIKES = EXACT_CODE, EXACT_CODE_TARGET, EXACT_CODE_LOOK_ALIKES
 
 
 @pytest.fixture(scope="module")
