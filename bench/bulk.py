@@ -67,6 +67,7 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
         ray.init(address="local", num_cpus=cores + 1, include_dashboard=False,
                  log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="hx-bulk-"))
     workdir = Path(tempfile.mkdtemp(prefix="heimdex-bench-bulk-"))
+    (workdir / "data").mkdir()  # the job's SQLite database (tenant routes, its job row) lives there
     settings = Settings(data_dir=workdir / "data", store_actor_name=f"bench-bulk-{uuid.uuid4().hex[:8]}",
                         qdrant_url=None)
     try:
