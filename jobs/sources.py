@@ -115,8 +115,11 @@ def model_tenants(store: VectorStore, model: str) -> set[str]:
 
 
 def count_collections(store: VectorStore, collections: dict[str, str]) -> dict[str, int]:
-    """Each tenant's point count in its own collection."""
-    return {t: int(store.count(c, t)) for t, c in collections.items()}
+    """Each tenant's point count in its own collection (0 where that collection does not exist yet: a
+    first import into a store the app never opened)."""
+    existing = set(store.list_collections())
+    return {t: int(store.count(c, t)) if c in existing else 0
+            for t, c in collections.items()}
 
 
 def _add_issue_column(batch: pd.DataFrame) -> pd.DataFrame:

@@ -67,3 +67,12 @@ def test_complete_target_verifies_and_extras_are_removed(edge: EdgeBackend, monk
     report = verify(edge, source, target, passes, monkeypatch)
     assert report[ORG]["missing"] == 0 and report[ORG]["extra_removed"] == 1 and passes == []
     assert edge.count(target, ORG) == 3
+
+
+def test_a_first_import_counts_a_live_collection_that_does_not_exist_yet_as_empty(edge: EdgeBackend) -> None:
+    """`heimdex reembed --source jsonl:...` into a store the app never opened: the tenants' live collection
+    (v1) is not there yet; the plan counts it as empty instead of failing."""
+    v1 = seed(edge, "v1", ["s0", "s1"])
+    missing = v1.replace("__v1", "__v9")
+    counts = sources.count_collections(edge, {ORG: v1, "org-new": missing})
+    assert counts == {ORG: 2, "org-new": 0}
