@@ -78,8 +78,9 @@ def bulk_rate(texts: list[str], batch_size: int, concurrency: int, num_cpus: flo
         # On the bench stack (bench.run's bulk step: the user's shape, the app holding part of the
         # CPUs) the job sizes its actors from the cluster's free CPUs, as a re-embed on a user's
         # cluster does; an actor asking every core could never start there.
-        if num_cpus is not None or own_cluster:
-            argv += ["--num-cpus", f"{num_cpus if num_cpus is not None else float(cores):g}"]
+        # Alone, too: the plan fits what is free (the store actor holds a CPU of its own).
+        if num_cpus is not None:
+            argv += ["--num-cpus", f"{num_cpus:g}"]
         args = ReembedArgs.parse(argv)
         upgrade_database(settings.resolved_database_url)  # the job keeps tenant routes there
         started = time.perf_counter()
