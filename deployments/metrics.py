@@ -10,7 +10,6 @@ import time: Serve imports this module in every replica.
 from __future__ import annotations
 
 import bisect
-import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,8 +17,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from deployments.tenant_labels import TenantLabels
-
-logger = logging.getLogger("heimdex.metrics")
 
 # Seconds; from a cached search (~1 ms) to a cold large batch on CPU (tens of seconds).
 LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

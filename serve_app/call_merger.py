@@ -54,8 +54,6 @@ class CallMerger:
         self._pending: deque[_Pending] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0  # handle calls made (requests / calls = how much merging saved)
-        self.requests = 0
 
     @property
     def waiting(self) -> int:
@@ -69,7 +67,6 @@ class CallMerger:
     async def embed(self, texts: list[str], tenant: str) -> EmbedOutput:
         future: asyncio.Future[EmbedOutput] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(texts, tenant, future))
-        self.requests += 1
         self._dispatch()
         return await future
 
@@ -79,7 +76,6 @@ class CallMerger:
             if not group:
                 continue
             self._in_flight += 1
-            self.calls += 1
             task = asyncio.get_running_loop().create_task(self._call(group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

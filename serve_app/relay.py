@@ -323,9 +323,9 @@ class OutboxRelay:
         ensure_model_collections(open_store(store_config), embedders)
         store = open_async_store(store_config)
         # The write path is one tenant at the Embedder: its batches are already fair across tenants (the claim).
-        self.core = RelayCore(settings, ServeEmbedderClient(embedders, settings.embed_timeout_s, tenant=RELAY_TENANT,
-                                                                  calls_in_flight=settings.embed_calls_in_flight),
-                              store)
+        embed_client = ServeEmbedderClient(embedders, settings.embed_timeout_s, tenant=RELAY_TENANT,
+                                           calls_in_flight=settings.embed_calls_in_flight)
+        self.core = RelayCore(settings, embed_client, store)
         self._stopping = asyncio.Event()
         self._last_error: str | None = None
         # Several batches in flight under a backlog: while one waits for the store to flush, the next is
